@@ -1,0 +1,98 @@
+"""KV cache: a growing buffer for global layers, a ring buffer of W slots for sliding layers.
+
+Each layer's `update(k, v, query_index)` stores the new keys/values and returns
+what this forward attends over: keys, values [B, S, KV, HD] and key_index [S],
+the token index of every key slot (-1 = empty). Masks are built from token
+indices, so the order of slots in the ring does not matter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class FullLayerCache:
+    """Keeps every token; capacity doubles as the sequence grows."""
+
+    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, capacity: int = 64):
+        self.backend, self.length = backend, 0
+        self.keys = self._zeros(batch, capacity, kv_heads, head_dim)
+        self.values = self._zeros(batch, capacity, kv_heads, head_dim)
+
+    def _zeros(self, *shape):
+        return self.backend.asarray(np.zeros(shape, dtype=np.float32))
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.keys.shape[1]
+        while capacity < needed:
+            capacity *= 2
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = self._zeros(old.shape[0], capacity, *old.shape[2:])
+            new[:, :self.length] = old[:, :self.length]
+            setattr(self, name, new)
+
+    def update(self, k, v, query_index: np.ndarray):
+        T = k.shape[1]
+        if self.length + T > self.keys.shape[1]:
+            self._grow(self.length + T)
+        self.keys[:, self.length:self.length + T] = k
+        self.values[:, self.length:self.length + T] = v
+        self.length += T
+        key_index = np.arange(self.length)
+        return self.keys[:, :self.length], self.values[:, :self.length], key_index
+
+
+class SlidingLayerCache:
+    """A ring of W slots: memory is bounded by the window, not the sequence.
+
+    Token t lives in slot t % W. A query at index i needs keys i-W+1..i, so a
+    single-token decode step writes first and attends over the ring; a chunk of
+    T > 1 tokens attends over ring + chunk, then keeps the chunk's last W tokens.
+    """
+
+    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, window: int):
+        self.backend, self.window = backend, window
+        zeros = np.zeros((batch, window, kv_heads, head_dim), dtype=np.float32)
+        self.keys, self.values = backend.asarray(zeros), backend.asarray(zeros.copy())
+        self.slot_index = np.full(window, -1, dtype=np.int64)  # token index held by each slot
+
+    def _write(self, k, v, query_index: np.ndarray) -> None:
+        for t in range(max(0, len(query_index) - self.window), len(query_index)):
+            slot = query_index[t] % self.window
+            self.keys[:, slot] = k[:, t]
+            self.values[:, slot] = v[:, t]
+            self.slot_index[slot] = query_index[t]
+
+    def update(self, k, v, query_index: np.ndarray):
+        T = k.shape[1]
+        if T == 1:
+            self._write(k, v, query_index)
+            return self.keys, self.values, self.slot_index.copy()
+        W = self.window
+        B, _, KV, HD = k.shape
+        keys = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=np.float32))
+        values = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=np.float32))
+        keys[:, :W], keys[:, W:] = self.keys, k           # [B, W + T, KV, HD]
+        values[:, :W], values[:, W:] = self.values, v
+        key_index = np.concatenate([self.slot_index, query_index])
+        self._write(k, v, query_index)
+        return keys, values, key_index
+
+
+class KVCache:
+    """One cache per layer, plus the padding mask and length of everything seen so far."""
+
+    def __init__(self, config, backend, batch_size: int):
+        self.batch_size = batch_size
+        self.seq_len = 0
+        self.attention_mask = np.zeros((batch_size, 0), dtype=bool)  # [B, seq_len]
+        self.layers = []
+        for i in range(config.num_hidden_layers):
+            window = config.layer_window(i)
+            args = (backend, batch_size, config.num_key_value_heads, config.head_dim)
+            self.layers.append(SlidingLayerCache(*args, window) if window else FullLayerCache(*args))
+
+    def stored_lengths(self) -> list[int]:
+        """How many tokens each layer holds (a sliding layer holds at most W)."""
+        return [int(c.length) if isinstance(c, FullLayerCache) else int((c.slot_index >= 0).sum())
+                for c in self.layers]

@@ -1,0 +1,248 @@
+"""What the three families share: embedding, attention and MLP sublayers, the
+forward loop, the LM / classification heads and the loss.
+
+One `forward` serves prefill (T > 1) and decode (T = 1). Family modules
+(llama.py, cohere.py, cohere2.py) supply the norm and the block wiring.
+Shape legend: B batch, T new tokens, S keys, D hidden, H heads, KV kv heads,
+HD head dim, V vocab.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cache import KVCache
+from ..ops.attention import attention_mask
+from ..ops.rope import RotaryEmbedding
+
+
+@dataclass
+class ModelOutput:
+    logits: np.ndarray                 # [B, T, V] (causal LM) or [B, num_labels] (classifier)
+    hidden_states: tuple | None = None
+    loss: float | None = None
+    tape: dict | None = None
+
+
+@dataclass
+class ForwardContext:
+    """Per-call values every layer needs (computed once per forward)."""
+    cos: np.ndarray | None             # [B, T, HD/2]
+    sin: np.ndarray | None
+    query_index: np.ndarray            # [T] token index of each new token
+    mask_2d: np.ndarray                # [B, past + T] bool, False = padding
+    cache: KVCache | None
+    tape: dict | None
+
+
+class DecoderModel:
+    family = "base"
+
+    def __init__(self, config, weights: dict, backend):
+        self.config, self.backend = config, backend
+        self.weights = weights             # HF tensor names -> backend arrays
+        self.rotary = RotaryEmbedding(config.rope_parameters, config.head_dim, config.max_position_embeddings)
+
+    # --- family hooks -------------------------------------------------------
+    def norm(self, x, weight):
+        raise NotImplementedError
+
+    def decoder_layer(self, i: int, x, ctx: ForwardContext):
+        raise NotImplementedError
+
+    def qk_norm(self, i: int, q, k):
+        return q, k
+
+    def uses_rope(self, i: int) -> bool:
+        return True
+
+    def window(self, i: int) -> int | None:
+        return None
+
+    # --- helpers ------------------------------------------------------------
+    def w(self, name: str):
+        return self.weights.get(name)
+
+    def record(self, ctx: ForwardContext, name: str, value) -> None:
+        # The tape: named intermediates as numpy arrays; a no-op when tape is off.
+        if ctx.tape is not None:
+            ctx.tape[name] = np.array(self.backend.to_numpy(value))
+
+    def linear(self, x, prefix: str):
+        return self.backend.linear(x, self.w(prefix + ".weight"), self.w(prefix + ".bias"))
+
+    # --- sublayers ----------------------------------------------------------
+    def self_attention(self, i: int, x, ctx: ForwardContext):
+        """x [B, T, D] (already normed) -> [B, T, D]"""
+        cfg, ops, p = self.config, self.backend, f"model.layers.{i}.self_attn"
+        B, T, _ = x.shape
+        H, KV, HD = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = self.linear(x, p + ".q_proj").reshape(B, T, H, HD)
+        k = self.linear(x, p + ".k_proj").reshape(B, T, KV, HD)
+        v = self.linear(x, p + ".v_proj").reshape(B, T, KV, HD)
+        q, k = self.qk_norm(i, q, k)
+        self.record(ctx, f"layers.{i}.attn.q", q)
+        self.record(ctx, f"layers.{i}.attn.k", k)
+        self.record(ctx, f"layers.{i}.attn.v", v)
+        if self.uses_rope(i):
+            q = ops.apply_rope(q, ctx.cos, ctx.sin, cfg.interleaved_rope)
+            k = ops.apply_rope(k, ctx.cos, ctx.sin, cfg.interleaved_rope)
+            self.record(ctx, f"layers.{i}.attn.q_rope", q)
+            self.record(ctx, f"layers.{i}.attn.k_rope", k)
+        if ctx.cache is not None:
+            keys, values, key_index = ctx.cache.layers[i].update(k, v, ctx.query_index)
+        else:
+            keys, values, key_index = k, v, ctx.query_index
+        key_valid = ctx.mask_2d[:, np.maximum(key_index, 0)]                    # [B, S]
+        mask = attention_mask(ctx.query_index, key_index, key_valid, self.window(i))  # [B, T, S]
+        self.record(ctx, f"layers.{i}.attn.mask", mask)
+        out = ops.attention(q, keys, values, ops.asarray(mask), HD ** -0.5)    # [B, T, H, HD]
+        out = out.reshape(B, T, H * HD)
+        self.record(ctx, f"layers.{i}.attn.context", out)
+        out = self.linear(out, p + ".o_proj")
+        self.record(ctx, f"layers.{i}.attn.out", out)
+        return out
+
+    def mlp(self, i: int, x, ctx: ForwardContext):
+        """SwiGLU: down(silu(gate(x)) * up(x)), x [B, T, D] -> [B, T, D]"""
+        p = f"model.layers.{i}.mlp"
+        gate = self.linear(x, p + ".gate_proj")               # [B, T, F]
+        up = self.linear(x, p + ".up_proj")
+        act = self.backend.swiglu(gate, up)
+        self.record(ctx, f"layers.{i}.mlp.gate", gate)
+        self.record(ctx, f"layers.{i}.mlp.up", up)
+        self.record(ctx, f"layers.{i}.mlp.act", act)
+        out = self.linear(act, p + ".down_proj")
+        self.record(ctx, f"layers.{i}.mlp.out", out)
+        return out
+
+    # --- the forward pass ---------------------------------------------------
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        return KVCache(self.config, self.backend, batch_size)
+
+    def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
+                 output_hidden_states: bool = False, labels=None, tape: bool | dict = False) -> ModelOutput:
+        cfg, ops = self.config, self.backend
+        ids = self._check_ids(input_ids)
+        B, T = ids.shape
+        past = cache.seq_len if cache is not None else 0
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"input_ids batch size {B} does not match the cache's batch size {cache.batch_size}")
+        if past + T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {past + T} exceeds max_position_embeddings="
+                             f"{cfg.max_position_embeddings}")
+        mask_2d = self._full_mask(attention_mask, cache, B, T, past)
+        if position_ids is None:
+            # transformers' plain forward: arange + past for every row, padding ignored.
+            position_ids = np.broadcast_to(np.arange(past, past + T), (B, T))
+        position_ids = np.asarray(position_ids, dtype=np.int64).reshape(B, T)
+        cos = sin = None
+        if any(self.uses_rope(i) for i in range(cfg.num_hidden_layers)):
+            cos, sin = self.rotary.cos_sin(position_ids)
+            cos, sin = ops.asarray(cos), ops.asarray(sin)
+        ctx = ForwardContext(cos, sin, np.arange(past, past + T), mask_2d, cache,
+                             tape if isinstance(tape, dict) else ({} if tape else None))
+
+        x = ops.embedding(ops.asarray(ids), self.w("model.embed_tokens.weight"))  # [B, T, D]
+        self.record(ctx, "embed", x)
+        hidden_states = [x] if output_hidden_states else None
+        for i in range(cfg.num_hidden_layers):
+            x = self.decoder_layer(i, x, ctx)
+            self.record(ctx, f"layers.{i}.out", x)
+            if output_hidden_states and i < cfg.num_hidden_layers - 1:
+                hidden_states.append(x)
+        x = self.norm(x, self.w("model.norm.weight"))
+        self.record(ctx, "final_norm", x)
+        if output_hidden_states:
+            hidden_states.append(x)  # the last entry is the final-normed output, like transformers
+        if cache is not None:
+            cache.seq_len += T
+            cache.attention_mask = mask_2d
+
+        out = self._head(x, ids, ctx)
+        loss = self._loss(out, labels) if labels is not None else None
+        hidden = tuple(np.asarray(ops.to_numpy(h)) for h in hidden_states) if output_hidden_states else None
+        return ModelOutput(logits=out, hidden_states=hidden, loss=loss, tape=ctx.tape)
+
+    def _head(self, x, ids: np.ndarray, ctx: ForwardContext) -> np.ndarray:
+        cfg, ops = self.config, self.backend
+        if cfg.is_sequence_classifier:
+            scores = np.asarray(ops.to_numpy(ops.linear(x, self.w("score.weight"), None)))  # [B, T, labels]
+            return scores[np.arange(ids.shape[0]), self._pooled_index(ids)]
+        logits = ops.linear(x, self.w("lm_head.weight"), None)                 # [B, T, V]
+        if cfg.logit_scale != 1.0:
+            logits = ops.scale_logits(logits, cfg.logit_scale)                  # Cohere
+        logits = np.asarray(ops.to_numpy(logits), dtype=np.float32)
+        self.record(ctx, "logits", logits)
+        return logits
+
+    def _pooled_index(self, ids: np.ndarray) -> np.ndarray:
+        """LlamaForSequenceClassification pools the rightmost non-pad token of each row."""
+        pad = self.config.pad_token_id
+        if pad is None:
+            if ids.shape[0] != 1:
+                raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+            return np.array([ids.shape[1] - 1])
+        positions = np.arange(ids.shape[1]) * (ids != pad)                     # [B, T]
+        return positions.argmax(axis=-1)
+
+    def _loss(self, logits: np.ndarray, labels) -> float:
+        labels = np.asarray(labels)
+        if self.config.is_sequence_classifier:
+            return classification_loss(logits, labels, self.config.num_labels)
+        return causal_lm_loss(logits, labels)
+
+    def _check_ids(self, input_ids) -> np.ndarray:
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be an integer array [B, T] with T >= 1, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
+        bad = (ids < 0) | (ids >= self.config.vocab_size)
+        if bad.any():
+            raise ValueError(f"token id {int(ids[bad][0])} in input_ids is outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        return ids.astype(np.int64)
+
+    @staticmethod
+    def _full_mask(attention_mask, cache, B: int, T: int, past: int) -> np.ndarray:
+        """The [B, past + T] padding mask: given whole, given for the new tokens only, or all ones."""
+        previous = cache.attention_mask if cache is not None else np.zeros((B, 0), dtype=bool)
+        if attention_mask is None:
+            return np.concatenate([previous, np.ones((B, T), dtype=bool)], axis=1)
+        mask = np.asarray(attention_mask).astype(bool)
+        if mask.shape == (B, past + T):
+            return mask
+        if mask.shape == (B, T):
+            return np.concatenate([previous, mask], axis=1)
+        raise ValueError(f"attention_mask has shape {mask.shape}; expected {(B, past + T)} or {(B, T)}")
+
+
+def causal_lm_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """transformers' ForCausalLMLoss: position t predicts label t+1; -100 is ignored; mean over kept."""
+    shift_labels = np.concatenate([labels[:, 1:], np.full((labels.shape[0], 1), -100)], axis=1)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).astype(np.float32)
+    flat_labels = shift_labels.reshape(-1)
+    keep = flat_labels != -100
+    log_probs = log_softmax(flat_logits[keep])
+    nll = -log_probs[np.arange(keep.sum()), flat_labels[keep]]
+    return float(nll.sum() / keep.sum()) if keep.any() else float("nan")
+
+
+def classification_loss(logits: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    """transformers' ForSequenceClassificationLoss with the problem type inferred."""
+    if num_labels == 1:
+        return float(np.mean((logits.squeeze(-1) - labels.astype(np.float32)) ** 2))
+    if labels.dtype.kind in "iu":
+        return float(-np.mean(log_softmax(logits)[np.arange(len(labels)), labels]))
+    # multi-label: binary cross-entropy with logits
+    z, y = logits.astype(np.float64), labels.astype(np.float64)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

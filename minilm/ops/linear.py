@@ -1,0 +1,18 @@
+"""Matrix products and lookups: linear layers, embeddings, the logit scale."""
+import numpy as np
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """x [..., IN] @ weight[OUT, IN]^T (+ bias [OUT]) -> [..., OUT], PyTorch's layout."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """ids [B, T] -> table rows [B, T, D]. No sqrt(D) scaling in these families."""
+    return table[ids]
+
+
+def scale_logits(logits: np.ndarray, scale: float) -> np.ndarray:
+    """Cohere multiplies the LM head output by `logit_scale` before loss and sampling."""
+    return logits * np.float32(scale)
