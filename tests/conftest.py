@@ -77,7 +77,10 @@ def build_hf_model(cfg: dict, folder, seed: int = 0, dtype=None, classifier: boo
         model = model.to(dtype)
     model.save_pretrained(str(folder), safe_serialization=True)
     if dtype is not None:
-        model = model.to(torch.float32)  # compare in float32 from the same rounded weights
+        # Reload in float32 from the rounded checkpoint (a .to() round trip would also round
+        # the rotary inv_freq buffer, which a real checkpoint never stores).
+        model = auto.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn_implementation)
+        model.eval()
     return model
 
 

@@ -129,9 +129,6 @@ class DecoderModel:
         past = cache.seq_len if cache is not None else 0
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"input_ids batch size {B} does not match the cache's batch size {cache.batch_size}")
-        if past + T > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {past + T} exceeds max_position_embeddings="
-                             f"{cfg.max_position_embeddings}")
         mask_2d = self._full_mask(attention_mask, cache, B, T, past)
         if position_ids is None:
             # transformers' plain forward: arange + past for every row, padding ignored.
