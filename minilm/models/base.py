@@ -117,6 +117,11 @@ class DecoderModel:
         self.record(ctx, f"layers.{i}.mlp.out", out)
         return out
 
+    def generate(self, input_ids, **kwargs):
+        """Token ids [B, T + new]; arguments as in `minilm.generate.generate`."""
+        from ..generate import generate
+        return generate(self, input_ids, **kwargs)
+
     # --- the forward pass ---------------------------------------------------
     def new_cache(self, batch_size: int = 1) -> KVCache:
         return KVCache(self.config, self.backend, batch_size)

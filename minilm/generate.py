@@ -1,0 +1,165 @@
+"""Generation: the decode loop, transformers' logits-processor order, stopping, streaming.
+
+Each step (reference-semantics.md section 8):
+  scores = float32(logits[:, -1])              (Cohere logits are already scaled)
+  repetition penalty                           (greedy and sampling alike)
+  temperature -> top-k -> top-p -> min-p       (sampling only)
+  argmax, or a draw from softmax(scores)
+  finished rows emit pad; a row finishes on any eos id (kept in the output) or a stop string.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .ops import sampling
+
+
+class GenerationError(ValueError):
+    """An invalid generation argument: names the argument and its value."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    eos_token_id: tuple = ()
+    pad_token_id: int = 0
+    seed: int | None = None
+    stop_strings: tuple = ()
+
+    def validate(self) -> None:
+        if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens <= 0:
+            raise GenerationError(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
+        if self.temperature is None or self.temperature < 0:
+            raise GenerationError(f"temperature={self.temperature!r} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p={self.top_p!r} must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 0:
+            raise GenerationError(f"top_k={self.top_k!r} must be >= 0")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise GenerationError(f"min_p={self.min_p!r} must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise GenerationError(f"repetition_penalty={self.repetition_penalty!r} must be > 0")
+
+
+def make_generation_config(model, eos_token_id=None, **kwargs) -> GenerationConfig:
+    """Fill eos/pad from the model config like transformers' generation_config."""
+    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+    pad = model.config.pad_token_id
+    if pad is None:
+        pad = eos[0] if eos else 0
+    stop = kwargs.pop("stop_strings", None) or ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if kwargs.get("do_sample") and kwargs.get("temperature") == 0:
+        kwargs["do_sample"] = False  # temperature 0 means greedy
+    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=int(pad), stop_strings=stop, **kwargs)
+    cfg.validate()
+    return cfg
+
+
+def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.ndarray,
+                   cfg: GenerationConfig) -> np.ndarray:
+    """Apply transformers' logits processors in its order. scores [B, V] float32."""
+    if cfg.repetition_penalty != 1.0:
+        ignore = np.zeros(sequences.shape, dtype=bool)
+        ignore[:, :prompt_pad.shape[1]] = prompt_pad            # left padding is not penalised
+        scores = sampling.repetition_penalty(scores, sequences, cfg.repetition_penalty, ignore)
+    if not cfg.do_sample:
+        return scores
+    if cfg.temperature != 1.0:
+        scores = sampling.temperature(scores, cfg.temperature)
+    if cfg.top_k:
+        scores = sampling.top_k_filter(scores, cfg.top_k)
+    if cfg.top_p < 1.0:
+        scores = sampling.top_p_filter(scores, cfg.top_p)
+    if cfg.min_p is not None:
+        scores = sampling.min_p_filter(scores, cfg.min_p)
+    return scores
+
+
+def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwargs) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad)."""
+    cfg = make_generation_config(model, **kwargs)
+    ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
+    B, T = ids.shape
+    if T == 0:
+        raise GenerationError("the prompt is empty: input_ids has no tokens")
+    max_pos = model.config.max_position_embeddings
+    if T >= max_pos:
+        raise GenerationError(f"the prompt has {T} tokens; max_position_embeddings={max_pos} leaves no room")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask).astype(np.int64)
+    if mask.shape != ids.shape:
+        raise GenerationError(f"attention_mask has shape {mask.shape}, input_ids has {ids.shape}")
+    if cfg.stop_strings and tokenizer is None:
+        raise GenerationError("stop_strings needs the tokenizer to be passed")
+    prompt_pad = np.cumsum(mask, axis=1) == 0                   # left padding before the first real token
+    # transformers' generate: positions count real tokens only; pads sit at 0.
+    position_ids = np.where(mask == 0, 0, np.cumsum(mask, axis=1) - 1)
+    rng = np.random.default_rng(cfg.seed)
+    cache = model.new_cache(B)
+    sequences = ids
+    finished = np.zeros(B, dtype=bool)
+    step_ids, step_mask, step_pos = ids, mask, position_ids
+    for step in range(min(cfg.max_new_tokens, max_pos - T)):
+        logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
+        scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg)
+        next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
+        next_ids = np.where(finished, cfg.pad_token_id, np.asarray(next_ids, dtype=np.int64))
+        sequences = np.concatenate([sequences, next_ids[:, None]], axis=1)
+        finished |= np.isin(next_ids, cfg.eos_token_id)
+        if cfg.stop_strings:
+            finished |= _hit_stop_string(tokenizer, sequences[:, T:], cfg.stop_strings)
+        yield next_ids
+        if finished.all():
+            return
+        step_ids, step_mask = next_ids[:, None], np.ones((B, 1), dtype=np.int64)
+        step_pos = step_pos[:, -1:] + 1
+
+
+def _hit_stop_string(tokenizer, generated: np.ndarray, stop_strings: Sequence[str]) -> np.ndarray:
+    # Decode only a short tail: a stop string can only complete at the newest token.
+    longest = max(len(s) for s in stop_strings)
+    tails = [tokenizer.decode(row[-(longest + 8):].tolist()) for row in generated]
+    return np.array([any(s in tail for s in stop_strings) for tail in tails])
+
+
+def generate(model, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = 50, top_p: float = 1.0, min_p: float | None = None,
+             repetition_penalty: float = 1.0, eos_token_id=None, attention_mask=None, seed: int | None = None,
+             stop_strings=None, tokenizer=None) -> np.ndarray:
+    """Token ids [B, T + new], like transformers' generate (rows padded once finished)."""
+    ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
+    steps = list(generate_stream(model, ids, attention_mask=attention_mask, tokenizer=tokenizer,
+                                 max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                 eos_token_id=eos_token_id, seed=seed, stop_strings=stop_strings))
+    return np.concatenate([ids] + [s[:, None] for s in steps], axis=1) if steps else ids
+
+
+def stream_text(model, tokenizer, input_ids, **kwargs) -> Iterator[str]:
+    """Yield text pieces of a single-row generation as tokens arrive (no broken characters).
+
+    The eos token itself is not shown; stop strings end the stream after the piece that completes them.
+    """
+    from .tokenizer import StreamDecoder
+    decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
+    eos = make_generation_config(model, eos_token_id=kwargs.get("eos_token_id")).eos_token_id
+    for next_ids in generate_stream(model, input_ids, tokenizer=tokenizer, **kwargs):
+        token = int(next_ids[0])
+        if token in eos:
+            break
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
