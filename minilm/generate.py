@@ -150,14 +150,13 @@ def stream_text(model, tokenizer, input_ids, **kwargs) -> Iterator[str]:
 
     The eos token itself is not shown; stop strings end the stream after the piece that completes them.
     """
-    from .tokenizer import StreamDecoder
-    decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
+    decoder = tokenizer.stream_decoder(skip_special_tokens=True)
     eos = make_generation_config(model, eos_token_id=kwargs.get("eos_token_id")).eos_token_id
     for next_ids in generate_stream(model, input_ids, tokenizer=tokenizer, **kwargs):
         token = int(next_ids[0])
         if token in eos:
             break
-        piece = decoder.push(token)
+        piece = decoder.add(token)
         if piece:
             yield piece
     tail = decoder.flush()

@@ -1,0 +1,237 @@
+"""The `minilm` command: generate, chat, convert, perplexity, bench, parity, masks.
+
+Bad input prints one line `minilm: error: ...` and exits with status 2; no tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_BACKEND = "numba"
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed as one line, exit status 2."""
+
+
+# --- model resolution --------------------------------------------------------
+
+def resolve_model_dir(model: str | None) -> str:
+    """None -> the default SmolLM2 (converted once); a .gguf file -> converted once; else folder/hub id."""
+    if model is None:
+        from .default_model import default_model_dir
+        return default_model_dir()
+    if model.endswith(".gguf"):
+        if not os.path.isfile(model):
+            raise CLIError(f"model file {model!r} does not exist")
+        from .default_model import converted_gguf_dir
+        return converted_gguf_dir(model)
+    if os.path.isdir(model):
+        return model
+    from .weights import resolve_model_path
+    return resolve_model_path(model)
+
+
+def load_model_and_tokenizer(args):
+    import minilm
+    from .tokenizer import Tokenizer
+    folder = resolve_model_dir(args.model)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    model = minilm.load(folder, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"))
+    return model, tokenizer
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed)
+
+
+def check_sampling_args(args) -> None:
+    if args.max_new_tokens <= 0:
+        raise CLIError(f"--max-new-tokens={args.max_new_tokens} must be a positive integer")
+    if args.temperature < 0:
+        raise CLIError(f"--temperature={args.temperature} must be >= 0 (0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        raise CLIError(f"--top-p={args.top_p} must be in (0, 1]")
+    if args.top_k < 0:
+        raise CLIError(f"--top-k={args.top_k} must be >= 0")
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> np.ndarray:
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    else:  # a base model without a template: plain text continuation
+        ids = tokenizer.encode("\n".join(m["content"] for m in messages))
+    return np.asarray([ids], dtype=np.int64)
+
+
+def stream_reply(model, tokenizer, ids: np.ndarray, args, out=sys.stdout) -> str:
+    """Print the reply as it is generated; return its text. Tokens/s go to stderr."""
+    from .generate import stream_text
+    pieces, start, count = [], time.perf_counter(), 0
+    for piece in stream_text(model, tokenizer, ids, **sampling_kwargs(args)):
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+        count += 1
+    elapsed = time.perf_counter() - start
+    out.write("\n")
+    text = "".join(pieces)
+    n_tokens = len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
+    sys.stderr.write(f"[{n_tokens} tokens in {elapsed:.2f} s, {n_tokens / max(elapsed, 1e-9):.1f} tokens/s, "
+                     f"backend {args.backend}]\n")
+    return text
+
+
+# --- subcommands -------------------------------------------------------------
+
+def cmd_generate(args) -> int:
+    check_sampling_args(args)
+    if not args.prompt.strip():
+        raise CLIError("the prompt is empty")
+    model, tokenizer = load_model_and_tokenizer(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": args.prompt}]
+    stream_reply(model, tokenizer, prompt_ids(tokenizer, messages), args)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    check_sampling_args(args)
+    model, tokenizer = load_model_and_tokenizer(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(system)
+    print("minilm chat: type a message; /reset clears the conversation; Ctrl-D exits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if line.strip() == "/reset":
+            history = list(system)
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            reply = stream_reply(model, tokenizer, prompt_ids(tokenizer, history), args)
+        except ValueError as e:  # e.g. the conversation outgrew the context: say so, keep chatting
+            history.pop()
+            print(f"minilm: error: {e} (use /reset)", file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": reply})
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_gguf
+    if not os.path.isfile(args.gguf):
+        raise CLIError(f"GGUF file {args.gguf!r} does not exist")
+    out = convert_gguf(args.gguf, args.out_dir, progress=True)
+    print(f"converted {args.gguf} -> {out or args.out_dir}")
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    if not os.path.isfile(args.file):
+        raise CLIError(f"text file {args.file!r} does not exist")
+    model, tokenizer = load_model_and_tokenizer(args)
+    text = open(args.file, encoding="utf-8").read()
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise CLIError(f"{args.file} has fewer than 2 tokens")
+    context = min(args.context, model.config.max_position_embeddings)
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(ids) - 1, context):
+        chunk = np.asarray([ids[start:start + context]], dtype=np.int64)
+        if chunk.shape[1] < 2:
+            break
+        loss = model(chunk, labels=chunk).loss                 # mean over chunk_len - 1 predictions
+        total_nll += loss * (chunk.shape[1] - 1)
+        total_tokens += chunk.shape[1] - 1
+        sys.stderr.write(f"\r{total_tokens}/{len(ids) - 1} tokens")
+    sys.stderr.write("\n")
+    print(f"perplexity {math.exp(total_nll / total_tokens):.4f} over {total_tokens} predicted tokens "
+          f"(context {context}, non-overlapping chunks)")
+    return 0
+
+
+def _add_model_args(p, sampling: bool = True) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder, hub id or .gguf file (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"])
+    p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16"])
+    if sampling:
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top-k", type=int, default=50)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--system", default=None, help="system prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minilm", description="A readable LLM inference engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="answer one prompt")
+    p.add_argument("prompt")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="convert a Llama-architecture GGUF into a checkpoint folder")
+    p.add_argument("gguf")
+    p.add_argument("out_dir")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file")
+    p.add_argument("file")
+    p.add_argument("--context", type=int, default=512)
+    _add_model_args(p, sampling=False)
+    p.set_defaults(func=cmd_perplexity)
+
+    for name, module, help_text in [("bench", "bench", "speed against transformers"),
+                                    ("parity", "parity", "layer-by-layer error against transformers"),
+                                    ("masks", "masks", "draw attention masks")]:
+        p = sub.add_parser(name, help=help_text)
+        try:
+            mod = __import__(f"minilm.{module}", fromlist=["add_arguments", "main"])
+        except ImportError as e:
+            p.set_defaults(func=lambda args, e=e: _missing(e))
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
+    return parser
+
+
+def _missing(error):
+    raise CLIError(f"this command is unavailable: {error}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"minilm: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
