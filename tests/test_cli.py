@@ -1,0 +1,85 @@
+"""The minilm command: real answers from the default model, and one-line errors with exit status 2."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minilm.cli import main
+from conftest import make_config, build_hf_model
+
+
+def run_cli(*args, stdin=None, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "minilm.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_generate_default_model_answers(smollm2_dir):
+    result = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "tokens/s" in result.stderr
+
+
+def test_chat_multi_turn_reset_and_eof(smollm2_dir):
+    turns = "What is the capital of France?\n/reset\nAnd what is 2+2?\n"
+    result = run_cli("chat", "--max-new-tokens", "16", stdin=turns)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "[conversation cleared]" in result.stderr
+    assert result.stderr.count("tokens/s") == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", ""], "the prompt is empty"),
+    (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens=0"),
+    (["generate", "hi", "--temperature", "-1"], "--temperature=-1.0"),
+    (["generate", "hi", "--top-p", "1.5"], "--top-p=1.5"),
+    (["generate", "hi", "--model", "/no/such/model"], "does not exist"),
+    (["generate", "hi", "--model", "/no/such/file.gguf"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minilm: error:") and message in err[0], err
+
+
+def test_checkpoint_without_tokenizer(tmp_path, capsys):
+    build_hf_model(make_config("llama"), tmp_path / "m")
+    capsys.readouterr()  # drop transformers' save progress output
+    assert main(["generate", "hi", "--model", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer.json" in err[0]
+
+
+def test_prompt_longer_than_context(smollm2_dir, capsys):
+    assert main(["generate", "word " * 9000, "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "max_position_embeddings=8192" in err[0]
+
+
+def test_unsupported_gguf_architecture(tmp_path, capsys):
+    import gguf
+    path = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert main(["generate", "hi", "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpt2" in err[0]
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_perplexity(smollm2_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    result = run_cli("perplexity", str(text), "--context", "64")
+    assert result.returncode == 0, result.stderr
+    ppl = float(result.stdout.split()[1])
+    assert 1.0 < ppl < 50.0  # repeated text is easy to predict once seen
