@@ -113,7 +113,8 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwa
         logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
         scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg)
         next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
-        next_ids = np.where(finished, cfg.pad_token_id, np.asarray(next_ids, dtype=np.int64))
+        next_ids = np.asarray(model.backend.to_numpy(next_ids), dtype=np.int64)  # host ids, any backend
+        next_ids = np.where(finished, cfg.pad_token_id, next_ids)
         sequences = np.concatenate([sequences, next_ids[:, None]], axis=1)
         finished |= np.isin(next_ids, cfg.eos_token_id)
         if cfg.stop_strings:

@@ -1,0 +1,264 @@
+"""backend="cuda" and backend="cuda-emulated": every op is a kernel from kernels/*.cu.
+
+    "cuda"           kernels compiled by NVRTC and launched through cupy.RawModule;
+                     arrays are cupy arrays on the GPU.
+    "cuda-emulated"  the same kernel source and the same launch calls, run on
+                     the CPU by the harness (emulator.py); arrays are numpy.
+                     For learning and debugging without a GPU: kernel printf
+                     works, and bugs (races, divergent barriers, bad
+                     arguments, device asserts) raise Python exceptions.
+
+Activations are float32; weights may be stored as float32, float16 or
+bfloat16 (prepare_weight) and are always accumulated in float32. NumPy and
+CuPy have no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import registry
+
+GEMV_MAX_ROWS = 8          # up to this many tokens, linear() reads each weight row once per warp
+ATTENTION_MAX_THREADS = 128  # attention.cu: keys per tile = threads; head_dim <= 4 * threads
+SAMPLE_THREADS = 256       # sampling.cu: SAMPLE_THREADS
+
+
+class NoGpuError(RuntimeError):
+    pass
+
+
+def gpu_available() -> bool:
+    """True when CuPy can see a CUDA device (the real-GPU tests run only then)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+def float32_to_bfloat16(array: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even like torch."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(array), np.uint16(0x7FC0), rounded)
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _storage_name(array) -> str:
+    names = {"float32": "float32", "float16": "float16", "uint16": "bfloat16"}
+    if array.dtype.name not in names:
+        raise TypeError(f"the CUDA backend stores float32, float16 or bfloat16 (as uint16), got {array.dtype}")
+    return names[array.dtype.name]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _threads(n: int, cap: int = 256) -> int:
+    """Threads for a 1-D block working on n items: a multiple of 32, at most cap."""
+    return min(cap, max(32, _cdiv(n, 32) * 32))
+
+
+class CudaBackend:
+    def __init__(self, emulated: bool, *, check_thread_order: bool = True, workers: int | None = None,
+                 debug: bool = False):
+        self.emulated = emulated
+        self.name = "cuda-emulated" if emulated else "cuda"
+        if emulated:
+            from .emulator import EmulatedModule
+            self.xp = np
+            order = "both" if check_thread_order else "forward"
+            self._new_module = lambda code, names: EmulatedModule(code, names, thread_order=order,
+                                                                  workers=workers, debug=debug)
+        else:
+            cupy = _require_gpu()
+            self.xp = cupy
+            self._new_module = lambda code, names: cupy.RawModule(code=code, name_expressions=names)
+        self._modules: dict = {}
+        self._no_bias = self.asarray(np.zeros(1, dtype=np.float32))  # a valid pointer when bias is None
+
+    # --- glue ----------------------------------------------------------------
+    def asarray(self, array):
+        return self._c(array)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return np.asarray(array) if self.emulated else self.xp.asnumpy(array)
+
+    def prepare_weight(self, array, dtype: str = "float32"):
+        """float32 host array -> device array in the storage format (float32, float16, bfloat16)."""
+        array = np.asarray(array, dtype=np.float32)
+        if dtype == "float32":
+            host = np.ascontiguousarray(array)
+        elif dtype == "float16":
+            host = array.astype(np.float16)
+        elif dtype == "bfloat16":
+            host = float32_to_bfloat16(array)
+        else:
+            raise ValueError(f"weight dtype must be float32, float16 or bfloat16, not {dtype!r}")
+        return self.asarray(host)
+
+    def compile_all(self) -> None:
+        """Build every kernel module now (in parallel) instead of on first use."""
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(self._module, registry.MODULES))
+
+    # --- the op contract -------------------------------------------------------
+    def rms_norm(self, x, weight, eps: float):
+        x, weight = self._c(x), self._c(weight)
+        dim = x.shape[-1]
+        out = self._empty(x.shape, x.dtype)
+        self._launch("rms_norm", "rms_norm", (x, weight), x.size // dim, _threads(dim),
+                     (x, weight, out, np.int32(dim), np.float32(eps)))
+        return out
+
+    def layer_norm(self, x, weight, eps: float):
+        x, weight = self._c(x), self._c(weight)
+        if tuple(x.shape[x.ndim - weight.ndim:]) != tuple(weight.shape):
+            raise ValueError(f"layer_norm weight {weight.shape} does not broadcast over the last axes of x {x.shape}")
+        dim = x.shape[-1]
+        out = self._empty(x.shape, x.dtype)
+        self._launch("layer_norm", "layer_norm", (x, weight), x.size // dim, _threads(dim),
+                     (x, weight, out, np.int32(dim), np.int32(weight.size // dim), np.float32(eps)))
+        return out
+
+    def apply_rope(self, x, cos, sin, interleaved: bool):
+        x = self._c(x)
+        B, T, H, HD = x.shape
+        cos, sin = (self._broadcast(a, (B, T, HD // 2), np.float32) for a in (cos, sin))
+        out = self._empty(x.shape, x.dtype)
+        self._launch("rope", "rope", (x,), B * T, _threads(H * HD // 2),
+                     (x, cos, sin, out, np.int32(H), np.int32(HD), np.int32(bool(interleaved))))
+        return out
+
+    def attention(self, q, k, v, mask, scale: float):
+        q, k, v = self._c(q), self._c(k), self._c(v)
+        B, T, H, HD = q.shape
+        S, KV = k.shape[1], k.shape[2]
+        if H % KV or HD > 4 * ATTENTION_MAX_THREADS or k.shape != v.shape:
+            raise ValueError(f"attention: unsupported shapes q {q.shape}, k {k.shape}, v {v.shape}")
+        mask = self._broadcast(mask, (B, T, S), bool)
+        out = self._empty(q.shape, q.dtype)
+        # One key per thread per tile: short contexts need fewer threads; each thread owns <= 4 head dims.
+        threads = max(_threads(S, cap=ATTENTION_MAX_THREADS), _cdiv(HD, 4 * 32) * 32)
+        self._launch("attention", "attention", (q,), (H, T, B), threads,
+                     (q, k, v, mask, out, np.int32(T), np.int32(S), np.int32(H), np.int32(KV), np.int32(HD),
+                      np.float32(scale)),
+                     shared_mem=(HD + threads) * 4)
+        return out
+
+    def swiglu(self, gate, up):
+        gate, up = self._c(gate), self._c(up)
+        out = self._empty(gate.shape, gate.dtype)
+        n = gate.size
+        self._launch("swiglu", "swiglu", (gate,), min(_cdiv(n, 256), 1024), 256, (gate, up, out, np.int64(n)))
+        return out
+
+    def linear(self, x, weight, bias=None):
+        x, weight = self._c(x), self._c(weight)
+        in_features, out_features = x.shape[-1], weight.shape[0]
+        rows = x.size // in_features
+        has_bias = bias is not None
+        if has_bias and bias.dtype == np.uint16:
+            raise TypeError("linear: pass the bias as float32 (the kernels read it as float32)")
+        bias = self._c(bias, np.float32) if has_bias else self._no_bias
+        out = self._empty(x.shape[:-1] + (out_features,), x.dtype)
+        args = (x, weight, bias, out, np.int32(rows), np.int32(in_features), np.int32(out_features),
+                np.int32(has_bias))
+        if rows <= GEMV_MAX_ROWS:
+            self._launch("matmul", "linear_gemv", (x, weight), _cdiv(out_features, 4), 128, args)
+        else:
+            self._launch("matmul", "linear_tiled", (x, weight), (_cdiv(out_features, 32), _cdiv(rows, 32)), (32, 8),
+                         args)
+        return out
+
+    def embedding(self, ids, table):
+        ids, table = self._c(ids, np.int64), self._c(table)
+        vocab, dim = table.shape
+        out = self._empty(ids.shape + (dim,), np.float32)
+        self._launch("embedding", "embedding", (table,), ids.size, _threads(dim),
+                     (ids, table, out, np.int32(vocab), np.int32(dim)))
+        return out
+
+    def scale_logits(self, logits, scale: float):
+        logits = self._c(logits)
+        out = self._empty(logits.shape, logits.dtype)
+        n = logits.size
+        self._launch("logit_scale", "scale_logits", (logits,), min(_cdiv(n, 256), 1024), 256,
+                     (logits, out, np.int64(n), np.float32(scale)))
+        return out
+
+    def argmax(self, scores):
+        """scores [..., V] -> [...] int64, the first index on ties."""
+        scores = self._c(scores)
+        vocab = scores.shape[-1]
+        out = self._empty(scores.shape[:-1], np.int64)
+        self._launch("sampling", "argmax", (scores,), scores.size // vocab, _threads(vocab),
+                     (scores, out, np.int32(vocab)))
+        return out
+
+    def sample(self, scores, rng: np.random.Generator):
+        """Draw one token per row from softmax(scores [B, V]) by inverse CDF (like ops.sampling.sample)."""
+        scores = self._c(scores)
+        vocab = scores.shape[-1]
+        rows = scores.size // vocab
+        uniforms = self.asarray(rng.random(rows).astype(np.float32))
+        out = self._empty(scores.shape[:-1], np.int64)
+        self._launch("sampling", "sample", (scores,), rows, SAMPLE_THREADS, (scores, uniforms, out, np.int32(vocab)))
+        return out
+
+    # --- helpers ---------------------------------------------------------------
+    def _c(self, array, dtype=None):
+        """Any host (numpy) or backend array -> a C-contiguous backend array."""
+        # cupy.ascontiguousarray refuses numpy input: asarray moves it to the device first.
+        return self.xp.ascontiguousarray(self.xp.asarray(array), dtype=dtype)
+
+    def _broadcast(self, array, shape, dtype):
+        return self._c(self.xp.broadcast_to(self.xp.asarray(array), shape), dtype)
+
+    def _empty(self, shape, dtype):
+        if not self.emulated:
+            return self.xp.empty(shape, dtype=dtype)
+        # Poisoned (NaN for floats, -1 for ints): an element a kernel forgets to write shows up.
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.full(count * np.dtype(dtype).itemsize, 0xFF, dtype=np.uint8).view(dtype).reshape(shape)
+
+    def _module(self, module: str):
+        if module not in self._modules:
+            self._modules[module] = self._new_module(registry.module_source(module), registry.MODULES[module])
+        return self._modules[module]
+
+    def _launch(self, module: str, function: str, typed_args: tuple, grid, block, args, shared_mem: int = 0):
+        """Launch function<types of typed_args> from kernels/<module>.cu (nothing to do for empty inputs)."""
+        name = registry.name_expression(function, *(_storage_name(a) for a in typed_args))
+        if name not in registry.MODULES[module]:
+            supported = ", ".join(n for n in registry.MODULES[module] if n.startswith(function + "<"))
+            raise TypeError(f"the CUDA backend has no {name}; it has {supported}")
+        grid = grid if isinstance(grid, tuple) else (grid,)
+        if 0 in grid:
+            return
+        block = block if isinstance(block, tuple) else (block,)
+        self._module(module).get_function(name)(grid, block, args, shared_mem=shared_mem)
+
+
+def _require_gpu():
+    if not gpu_available():
+        raise NoGpuError("backend='cuda': no GPU found (CuPy sees no CUDA device); "
+                         "use backend='cuda-emulated' to run the same CUDA kernels on the CPU")
+    import cupy
+    return cupy
+
+
+def make_cuda_backend(emulated: bool, **options) -> CudaBackend:
+    """backend="cuda" (emulated=False, needs a GPU) or "cuda-emulated" (the CPU harness).
+
+    options: check_thread_order (emulated: run every launch forward and reverse
+    and compare, default True), workers (emulated: OS threads), debug
+    (emulated: build with -O0 -g and run on the calling thread, for gdb).
+    """
+    return CudaBackend(emulated, **options)

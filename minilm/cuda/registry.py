@@ -1,0 +1,78 @@
+"""Which kernels exist: the .cu files in kernels/ and the template instantiations we launch.
+
+The same source text (with local headers inlined) and the same name
+expressions feed all three users, so they cannot drift apart:
+`cupy.RawModule` on a GPU, the NVRTC compile check, and the CPU harness.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+
+# Storage dtypes -> C++ type. NumPy and CuPy have no bfloat16, so bfloat16
+# tensors travel as their raw 16 bits in uint16 arrays.
+C_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+
+FLOATS = ("float32", "float16", "bfloat16")
+# (activation, weight) pairs for ops that mix the two: float32 activations
+# with any weight storage, or everything in one half-precision type.
+ACTIVATION_WEIGHT = (("float32", "float32"), ("float32", "float16"), ("float32", "bfloat16"),
+                     ("float16", "float16"), ("bfloat16", "bfloat16"))
+
+
+def name_expression(function: str, *dtypes: str) -> str:
+    """rms_norm, float32, bfloat16 -> 'rms_norm<float, __nv_bfloat16>' (what CuPy looks up)."""
+    return f"{function}<{', '.join(C_TYPES[d] for d in dtypes)}>"
+
+
+def _all(function: str, combos) -> list[str]:
+    return [name_expression(function, *c) for c in combos]
+
+
+# kernels/<file>.cu -> every instantiation the backend may launch
+MODULES: dict[str, list[str]] = {
+    "rms_norm": _all("rms_norm", ACTIVATION_WEIGHT),
+    "layer_norm": _all("layer_norm", ACTIVATION_WEIGHT),
+    "rope": _all("rope", [(d,) for d in FLOATS]),
+    "attention": _all("attention", [(d,) for d in FLOATS]),
+    "swiglu": _all("swiglu", [(d,) for d in FLOATS]),
+    "matmul": _all("linear_gemv", ACTIVATION_WEIGHT) + _all("linear_tiled", ACTIVATION_WEIGHT),
+    "embedding": _all("embedding", [(d,) for d in FLOATS]),
+    "logit_scale": _all("scale_logits", [(d,) for d in FLOATS]),
+    "sampling": _all("argmax", [(d,) for d in FLOATS]) + _all("sample", [(d,) for d in FLOATS]),
+}
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+
+def load_source(path: Path | str, _seen: set | None = None) -> str:
+    """A .cu file with its `#include "..."` headers inlined (once each, `#pragma once` style).
+
+    Inlining makes the text self-contained: CuPy's compile cache is keyed by the
+    source text, so a change in common.cuh must change the text. `#line`
+    directives keep compiler messages pointing at the original files.
+    """
+    path = Path(path).resolve()
+    seen = set() if _seen is None else _seen
+    seen.add(path)
+    text = path.read_text()
+
+    def inline(match: re.Match) -> str:
+        header = (path.parent / match.group(1)).resolve()
+        if header in seen:
+            return ""
+        line = text.count("\n", 0, match.end()) + 2
+        body = load_source(header, seen).replace("#pragma once", "")
+        return f'#line 1 "{header}"\n{body}\n#line {line} "{path}"'
+
+    return f'#line 1 "{path}"\n' + _LOCAL_INCLUDE.sub(inline, text)
+
+
+def module_source(module: str) -> str:
+    return load_source(KERNEL_DIR / f"{module}.cu")
+
+
+def kernel_files() -> list[Path]:
+    return sorted(KERNEL_DIR.glob("*.cu"))
