@@ -81,10 +81,13 @@ class DecoderModel:
         q = self.linear(x, p + ".q_proj").reshape(B, T, H, HD)
         k = self.linear(x, p + ".k_proj").reshape(B, T, KV, HD)
         v = self.linear(x, p + ".v_proj").reshape(B, T, KV, HD)
-        q, k = self.qk_norm(i, q, k)
         self.record(ctx, f"layers.{i}.attn.q", q)
         self.record(ctx, f"layers.{i}.attn.k", k)
         self.record(ctx, f"layers.{i}.attn.v", v)
+        q, k = self.qk_norm(i, q, k)
+        if cfg.use_qk_norm:
+            self.record(ctx, f"layers.{i}.attn.q_norm", q)
+            self.record(ctx, f"layers.{i}.attn.k_norm", k)
         if self.uses_rope(i):
             q = ops.apply_rope(q, ctx.cos, ctx.sin, cfg.interleaved_rope)
             k = ops.apply_rope(k, ctx.cos, ctx.sin, cfg.interleaved_rope)
