@@ -227,6 +227,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `minilm ... | head`: the reader left; stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"minilm: error: {message}", file=sys.stderr)
