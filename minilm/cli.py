@@ -179,6 +179,7 @@ def _add_model_args(p, sampling: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilm", description="A readable LLM inference engine.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="answer one prompt")
@@ -230,10 +231,18 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `minilm ... | head`: the reader left; stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as e:
+        if args.debug:
+            raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"minilm: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug in minilm: still one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"minilm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
