@@ -1,0 +1,79 @@
+"""Numba kernel for attention.py: masked softmax attention with GQA, prefill and decode.
+
+Idea. One (batch, query token, head) row at a time: scores against the visible
+keys only (masked keys cost nothing, so causal prefill does half the work), a
+max-shifted softmax and the weighted sum of values, all in float32. Query head
+h reads kv head h // (H // KV); a row with no visible key outputs zeros, like
+the reference. Rows are split across threads unless the whole call is smaller
+than a thread launch (a decode step over a short cache).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .numba_math import FASTMATH, exp_f32
+
+SERIAL_MAX_WORK = 1 << 17    # B*T*H*S*HD multiply-adds below which threads do not pay
+
+
+@njit(error_model="numpy", fastmath=FASTMATH, cache=True)
+def attention_row(q, k, v, b, kv, mask, scale, out):
+    """q [HD], k/v [B, S, KV, HD] read at batch b and kv head kv, mask [S] -> out [HD]."""
+    S, HD = k.shape[1], k.shape[3]
+    scores = np.full(S, -np.inf, dtype=np.float32)      # masked keys keep -inf
+    row_max = np.float32(-np.inf)
+    for s in range(S):                                   # scores of the visible keys only
+        if mask[s]:
+            acc = np.float32(0.0)
+            for d in range(HD):
+                acc += q[d] * k[b, s, kv, d]
+            scores[s] = acc * scale
+            row_max = max(row_max, scores[s])
+    if row_max == -np.inf:                               # no visible key: zeros
+        out[:] = 0.0
+        return
+    denom = np.float32(0.0)
+    for s in range(S):                                   # softmax numerators; exp(-inf) = 0 (vectorised)
+        scores[s] = exp_f32(scores[s] - row_max)
+        denom += scores[s]
+    weighted = np.zeros(HD, dtype=np.float32)            # a local sum: LLVM need not fear aliasing out
+    for s in range(S):                                   # weighted sum of the visible values
+        if mask[s]:
+            for d in range(HD):
+                weighted[d] += scores[s] * v[b, s, kv, d]
+    for d in range(HD):
+        out[d] = weighted[d] / denom
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def attention_rows(q, k, v, mask, scale, out):
+    """q [B, T, H, HD], k/v [B, S, KV, HD], mask [B, T, S] -> out [B, T, H, HD], rows over threads."""
+    B, T, H, _ = q.shape
+    n_rep = H // k.shape[2]
+    for row in prange(B * T * H):
+        b, t, h = row // (T * H), (row // H) % T, row % H
+        attention_row(q[b, t, h], k, v, b, h // n_rep, mask[b, t], scale, out[b, t, h])
+
+
+@njit(error_model="numpy", cache=True)
+def attention_rows_serial(q, k, v, mask, scale, out):
+    """The same loop on the calling thread."""
+    B, T, H, _ = q.shape
+    n_rep = H // k.shape[2]
+    for row in range(B * T * H):
+        b, t, h = row // (T * H), (row // H) % T, row % H
+        attention_row(q[b, t, h], k, v, b, h // n_rep, mask[b, t], scale, out[b, t, h])
+
+
+def attention(q, k, v, mask, scale):
+    """Same signature as attention.attention: -> [B, T, H, HD]."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    out = np.empty_like(q)
+    args = (q, np.asarray(k, dtype=np.float32), np.asarray(v, dtype=np.float32),   # cache views: any layout
+            np.ascontiguousarray(mask, dtype=np.bool_), np.float32(scale), out)
+    if q.size * k.shape[1] < SERIAL_MAX_WORK:
+        attention_rows_serial(*args)
+    else:
+        attention_rows(*args)
+    return out
