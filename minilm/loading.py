@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
-
-import numpy as np
 
 from .backends import get_backend
 from .config import ModelConfig, load_config
 from .models import MODEL_CLASSES
-from .weights import WeightsError, load_checkpoint, resolve_model_path
+from .progress import ProgressBar
+from .weights import WeightsError, read_checkpoint, resolve_model_path
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
@@ -44,6 +42,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 
 def validate_weights(cfg: ModelConfig, tensors: dict, folder: str) -> dict:
+    """Check names and shapes of {name: array-like}; returns the tensors the model uses, in order."""
     expected = expected_shapes(cfg)
     tensors = dict(tensors)
     if "lm_head.weight" in expected and "lm_head.weight" not in tensors and cfg.tie_word_embeddings:
@@ -63,33 +62,32 @@ def validate_weights(cfg: ModelConfig, tensors: dict, folder: str) -> dict:
     return {n: tensors[n] for n in expected}
 
 
-def _progress(i: int, n: int, label: str) -> None:
-    if sys.stderr.isatty():
-        bar = "#" * int(20 * i / max(n, 1))
-        sys.stderr.write(f"\rloading weights [{bar:<20}] {i}/{n} {label:<30}")
-        if i == n:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def load(path_or_repo_id: str, backend: str = "numpy", weight_dtype: str = "float32", progress: bool = True,
+def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", progress: bool = True,
          **backend_options):
     """Load a llama / cohere / cohere2 checkpoint (folder or hub id) onto a backend.
 
+    backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
     weight_dtype: "float32", or "bfloat16" storage (backends that support it) with float32 accumulation.
     """
     folder = resolve_model_path(os.path.expanduser(str(path_or_repo_id)))
     cfg = load_config(folder)
     ops = get_backend(backend, **backend_options)
-    tensors = validate_weights(cfg, load_checkpoint(folder, progress=_progress if progress else None), folder)
+    stored = read_checkpoint(folder)                               # located, nothing read yet
+    views = validate_weights(cfg, stored, folder)
     weights = {}
-    for name, array in tensors.items():
-        if array.ndim == 2 and name.endswith("weight") and "norm" not in name:
-            weights[name] = ops.prepare_weight(array, weight_dtype)   # matrices: backend storage format
-        else:
-            weights[name] = ops.asarray(np.ascontiguousarray(array, dtype=np.float32))
-    if cfg.tie_word_embeddings and "lm_head.weight" in weights:
-        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]  # keep one copy in memory
+    with ProgressBar(len(views), desc="loading weights", enabled=progress) as bar:
+        for name in views:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue                                            # tied: filled in below
+            array = stored[name].read_float32()                    # one tensor at a time bounds peak memory
+            if array.ndim == 2 and "norm" not in name:
+                weights[name] = ops.prepare_weight(array, weight_dtype)   # matrices: backend storage format
+            else:
+                weights[name] = ops.asarray(array)
+            del array
+            bar.update(1, name)
+    if "lm_head.weight" in views and cfg.tie_word_embeddings:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]  # tied: one matrix in memory
     model = MODEL_CLASSES[cfg.model_type](cfg, weights, ops)
     model.path = folder
     model.weight_dtype = weight_dtype

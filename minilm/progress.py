@@ -6,8 +6,8 @@
         bar.update()
     bar.close()
 
-A `ProgressBar` is also a callable `(done, total, label)`, the progress-callback
-shape `minilm.weights.load_checkpoint` accepts.
+A `ProgressBar` is also a callable `(done, total, label)` for code that takes a
+progress callback.
 """
 from __future__ import annotations
 

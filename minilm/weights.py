@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,25 +65,36 @@ def _check_entry(path: str, name: str, info: dict, data_size: int) -> None:
                            f"{data_size}-byte data section")
 
 
-def load_safetensors(path: str, keep_bf16: bool = False) -> dict[str, np.ndarray]:
-    """Load every tensor of one file as float32 (bf16 kept as uint16 bits if keep_bf16)."""
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor lives in a safetensors file; read on demand, one tensor at a time."""
+    path: str
+    name: str
+    dtype: str          # safetensors dtype: F32, F16, BF16, ...
+    shape: tuple
+    offset: int         # absolute byte offset in the file
+
+    def read_float32(self) -> np.ndarray:
+        """A float32 copy (bf16 widened without torch), refusing NaN/Inf."""
+        storage, _ = _DTYPES[self.dtype]
+        count = int(np.prod(self.shape, dtype=np.int64))
+        raw = np.fromfile(self.path, dtype=storage, count=count, offset=self.offset).reshape(self.shape)
+        array = bf16_to_float32(raw) if self.dtype == "BF16" else raw.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(array)):
+            raise WeightsError(f"{self.path}: tensor {self.name!r} contains NaN or Inf")
+        return array
+
+
+def read_safetensors(path: str) -> dict[str, StoredTensor]:
+    """The tensors of one file, located but not read: {name: StoredTensor}."""
     header, data_start = read_safetensors_header(path)
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    tensors = {}
-    for name, info in header.items():
-        dtype, _ = _DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        array = raw[data_start + start:data_start + end].view(dtype).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            array = np.array(array) if keep_bf16 else bf16_to_float32(array)
-        elif dtype in (np.float16, np.float64):
-            array = array.astype(np.float32)
-        else:
-            array = np.array(array)  # copy out of the memmap
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise WeightsError(f"{path}: tensor {name!r} contains NaN or Inf")
-        tensors[name] = array
-    return tensors
+    return {name: StoredTensor(path, name, info["dtype"], tuple(info["shape"]), data_start + info["data_offsets"][0])
+            for name, info in header.items()}
+
+
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Load every tensor of one file as float32."""
+    return {name: t.read_float32() for name, t in read_safetensors(path).items()}
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -106,19 +118,20 @@ def checkpoint_files(folder: str) -> list[str]:
     raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
-def load_checkpoint(folder: str, keep_bf16: bool = False, progress=None) -> dict[str, np.ndarray]:
-    tensors: dict[str, np.ndarray] = {}
-    files = checkpoint_files(folder)
-    for i, path in enumerate(files):
-        if progress:
-            progress(i, len(files), os.path.basename(path))
-        for name, array in load_safetensors(path, keep_bf16).items():
+def read_checkpoint(folder: str) -> dict[str, StoredTensor]:
+    """All tensors of a checkpoint (single file or shards), located but not read."""
+    tensors: dict[str, StoredTensor] = {}
+    for path in checkpoint_files(folder):
+        for name, stored in read_safetensors(path).items():
             if name in tensors:
                 raise WeightsError(f"{path}: tensor {name!r} appears in more than one shard")
-            tensors[name] = array
-    if progress:
-        progress(len(files), len(files), "")
+            tensors[name] = stored
     return tensors
+
+
+def load_checkpoint(folder: str) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint as float32 arrays."""
+    return {name: t.read_float32() for name, t in read_checkpoint(folder).items()}
 
 
 def resolve_model_path(path_or_repo_id: str) -> str:

@@ -22,7 +22,7 @@ def test_greedy_ids_equal_transformers(tiny_model, family, new_tokens):
     hf, folder = tiny_model(family, eos_token_id=None if family != "llama" else 2)
     ids = random_ids(1, 7, seed=3)
     expected = hf_generate(hf, ids, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
-    got = minilm.load(folder, progress=False).generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+    got = minilm.load(folder, progress=False, backend="numpy").generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 
@@ -33,7 +33,7 @@ def test_left_padded_batch_stops_per_row(tiny_model, family):
     ids = random_ids(2, 9, seed=5)
     mask = np.ones_like(ids)
     ids[0, :3], mask[0, :3] = 0, 0
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     # Pick eos ids that one row actually produces, so per-row stopping and padding is exercised.
     free = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
     eos = [int(free[0, 12]), 999 % 256]
@@ -47,7 +47,7 @@ def test_repetition_penalty_greedy_equals_transformers(tiny_model):
     hf, folder = tiny_model("llama")
     ids = random_ids(1, 6, seed=2)
     expected = hf_generate(hf, ids, max_new_tokens=16, repetition_penalty=1.7, eos_token_id=None, pad_token_id=0)
-    got = minilm.load(folder, progress=False).generate(ids, max_new_tokens=16, repetition_penalty=1.7,
+    got = minilm.load(folder, progress=False, backend="numpy").generate(ids, max_new_tokens=16, repetition_penalty=1.7,
                                                        eos_token_id=[])
     np.testing.assert_array_equal(got, expected)
 
@@ -88,7 +88,7 @@ def test_processors_equal_transformers_on_random_logits(kwargs):
 
 def test_seeded_sampling_is_reproducible(tiny_model):
     _, folder = tiny_model("cohere")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = random_ids(1, 5)
     a = model.generate(ids, do_sample=True, max_new_tokens=12, seed=7, eos_token_id=[])
     b = model.generate(ids, do_sample=True, max_new_tokens=12, seed=7, eos_token_id=[])
@@ -114,14 +114,14 @@ def test_sampling_follows_the_distribution():
 ])
 def test_bad_generation_arguments(tiny_model, kwargs, pattern):
     _, folder = tiny_model("llama")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     with pytest.raises(GenerationError, match=pattern):
         model.generate(random_ids(1, 4), **kwargs)
 
 
 def test_prompt_too_long_and_empty(tiny_model):
     _, folder = tiny_model("llama")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     with pytest.raises(GenerationError, match=r"max_position_embeddings=128"):
         model.generate(random_ids(1, 130))
     with pytest.raises(GenerationError, match=r"empty"):
@@ -149,7 +149,7 @@ def test_stream_text_pieces_join_to_the_full_decode(tiny_model):
     from minilm.generate import stream_text
     _, folder = tiny_model("llama")
     tokenizer = byte_tokenizer(folder)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = np.array([tokenizer.encode("héllo wörld ✓ ")])
     pieces = list(stream_text(model, tokenizer, ids, max_new_tokens=40, eos_token_id=[]))
     full = model.generate(ids, max_new_tokens=40, eos_token_id=[])
@@ -161,7 +161,7 @@ def test_stop_strings_equal_transformers(tiny_model):
     from transformers import PreTrainedTokenizerFast
     hf, folder = tiny_model("llama")
     tokenizer = byte_tokenizer(folder)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = np.array([tokenizer.encode("abc")])
     free = model.generate(ids, max_new_tokens=40, eos_token_id=[])[0, 3:]
     ascii_pairs = [k for k in range(5, 38) if all(32 <= t < 127 for t in free[k:k + 2])]

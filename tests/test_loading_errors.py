@@ -65,19 +65,19 @@ def _rewrite_tensors(folder, edit):
 def test_missing_tensor(llama_folder):
     _rewrite_tensors(llama_folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(WeightsError, match=r"missing tensor 'model.layers.1.mlp.up_proj.weight'"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_unexpected_tensor(llama_folder):
     _rewrite_tensors(llama_folder, lambda t: t.update({"model.layers.0.extra.weight": np.zeros(3, np.float32)}))
     with pytest.raises(WeightsError, match=r"unexpected tensor 'model.layers.0.extra.weight'"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_wrong_shape(llama_folder):
     _rewrite_tensors(llama_folder, lambda t: t.update({"model.norm.weight": np.ones(63, np.float32)}))
     with pytest.raises(WeightsError, match=r"'model.norm.weight' has shape \[63\], expected \[64\]"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_truncated_file(llama_folder):
@@ -85,7 +85,7 @@ def test_truncated_file(llama_folder):
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-1000])
     with pytest.raises(WeightsError, match=r"model.safetensors: truncated file: tensor '.*'"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_corrupt_header(llama_folder):
@@ -94,24 +94,24 @@ def test_corrupt_header(llama_folder):
     data[8:12] = b"@@@@"
     open(path, "wb").write(bytes(data))
     with pytest.raises(WeightsError, match=r"model.safetensors: corrupt safetensors header"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
     open(path, "wb").write(struct.pack("<Q", 10 ** 12) + bytes(data[8:]))
     with pytest.raises(WeightsError, match=r"corrupt safetensors header \(length"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_pickle_checkpoints_are_refused(llama_folder):
     os.remove(os.path.join(llama_folder, "model.safetensors"))
     open(os.path.join(llama_folder, "pytorch_model.bin"), "wb").write(b"not unpickled")
     with pytest.raises(WeightsError, match=r"safetensors only \(never unpickles\)"):
-        minilm.load(llama_folder, progress=False)
+        minilm.load(llama_folder, progress=False, backend="numpy")
 
 
 def test_missing_folder_and_unknown_repo():
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        minilm.load("./no/such/folder", progress=False)
+        minilm.load("./no/such/folder", progress=False, backend="numpy")
     with pytest.raises(FileNotFoundError, match="neither a local folder nor in the Hugging Face cache"):
-        minilm.load("nobody-xyz/not-a-model", progress=False)
+        minilm.load("nobody-xyz/not-a-model", progress=False, backend="numpy")
 
 
 def test_hub_id_resolves_from_local_cache(llama_folder, tmp_path, monkeypatch):
@@ -127,12 +127,12 @@ def test_hub_id_resolves_from_local_cache(llama_folder, tmp_path, monkeypatch):
     shutil.copytree(llama_folder, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    model = minilm.load("tiny/llama", progress=False)
+    model = minilm.load("tiny/llama", progress=False, backend="numpy")
     assert model.config.model_type == "llama"
 
 
 def test_token_ids_outside_vocabulary(llama_folder):
-    model = minilm.load(llama_folder, progress=False)
+    model = minilm.load(llama_folder, progress=False, backend="numpy")
     with pytest.raises(ValueError, match=r"token id 256 in input_ids is outside the vocabulary \[0, 256\)"):
         model(np.array([[1, 256]]))
     with pytest.raises(ValueError, match=r"token id -1"):

@@ -35,7 +35,7 @@ ROPE_VARIANTS = {
 def assert_parity(hf_model, folder, ids, attention_mask=None, tol=TOL, **load_kwargs):
     """minilm's logits and hidden states equal transformers' on every non-pad position."""
     expected_logits, expected_hidden = hf_forward(hf_model, ids, attention_mask)
-    model = minilm.load(folder, progress=False, **load_kwargs)
+    model = minilm.load(folder, progress=False, backend="numpy", **load_kwargs)
     out = model(ids, attention_mask=attention_mask, output_hidden_states=True)
     keep = np.ones(ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
     assert out.logits.shape == expected_logits.shape
@@ -102,7 +102,7 @@ def test_dynamic_rope_beyond_max_positions(tiny_model):
     # T=40 > max_position_embeddings=16: the NTK base grows for this call.
     hf, folder = tiny_model("llama", max_position_embeddings=16, rope_parameters=ROPE_VARIANTS["dynamic"])
     ids = random_ids(1, 40)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     expected, _ = hf_forward(hf, ids)
     assert np.abs(model(ids).logits - expected).max() < TOL
 
@@ -161,7 +161,7 @@ def minilm_incremental(model, ids, mask, steps):
 def test_cached_decoding_equals_full_forward(tiny_model, family):
     hf, folder = tiny_model(family)
     ids, mask = left_padded_batch(length=24)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     prefix = 10
     step_logits, _ = minilm_incremental(model, ids[:, :prefix], mask[:, :prefix], ids[:, prefix:])
     full, _ = hf_forward(hf, ids, mask)
@@ -175,7 +175,7 @@ def test_cached_decoding_with_per_call_rope_state(tiny_model, rope):
     params = dict(ROPE_VARIANTS[rope], original_max_position_embeddings=8) if rope != "dynamic" \
         else ROPE_VARIANTS[rope]
     hf, folder = tiny_model("llama", max_position_embeddings=16, rope_parameters=params)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = random_ids(1, 24)
     mask = np.ones((1, 6), dtype=np.int64)
     expected, _ = hf_incremental(hf, ids[:, :6], mask, ids[:, 6:])
@@ -188,7 +188,7 @@ def test_cached_decoding_with_per_call_rope_state(tiny_model, rope):
 def test_cohere2_window_prefill_and_decode_across_boundary(tiny_model, window):
     """Prefill longer than W, then decode through positions W-1, W, W+1 ... 2W and beyond."""
     hf, folder = tiny_model("cohere2", sliding_window=window)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = random_ids(2, 3 * window + 8, seed=1)
     mask = np.ones_like(ids)
     full, _ = hf_forward(hf, ids, mask)
@@ -207,7 +207,7 @@ def test_cohere2_window_prefill_and_decode_across_boundary(tiny_model, window):
 def test_cohere2_cached_matches_transformers_cache(tiny_model):
     hf, folder = tiny_model("cohere2")
     ids, mask = left_padded_batch(length=20)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     expected, _ = hf_incremental(hf, ids[:, :9], mask[:, :9], ids[:, 9:])
     got, _ = minilm_incremental(model, ids[:, :9], mask[:, :9], ids[:, 9:])
     prefill_keep = mask[:, :9].astype(bool)
@@ -219,7 +219,7 @@ def test_cohere2_cached_matches_transformers_cache(tiny_model):
 def test_cohere2_layer_types_from_pattern(tiny_model):
     # layer_types omitted: built from sliding_window_pattern (default 4) -> [S, S, S, F, S, S]
     hf, folder = tiny_model("cohere2", layer_types=None, num_hidden_layers=6)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     assert model.config.layer_types == tuple(hf.config.layer_types)
     assert_parity(hf, folder, random_ids(1, 14))
 
@@ -231,7 +231,7 @@ def test_sequence_classification(tiny_model):
     mask = (ids != 0).astype(np.int64)
     with torch.no_grad():
         out = hf(torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), labels=torch.tensor([0, 2]))
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     got = model(ids, attention_mask=mask, labels=np.array([0, 2]))
     assert got.logits.shape == (2, 3)
     assert np.abs(got.logits - out.logits.numpy()).max() < TOL
@@ -246,7 +246,7 @@ def test_causal_lm_loss(tiny_model, family):
     labels[0, :4] = -100
     with torch.no_grad():
         expected = hf(torch.as_tensor(ids), labels=torch.as_tensor(labels)).loss.item()
-    got = minilm.load(folder, progress=False)(ids, labels=labels).loss
+    got = minilm.load(folder, progress=False, backend="numpy")(ids, labels=labels).loss
     assert abs(got - expected) < TOL
 
 
@@ -254,7 +254,7 @@ def test_causal_lm_loss(tiny_model, family):
 
 def test_negative_control_window_off_by_one(tiny_model):
     hf, folder = tiny_model("cohere2")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     model.config.__dict__["sliding_window"] = 5  # W+1
     ids = random_ids(1, 16)
     expected, _ = hf_forward(hf, ids)
@@ -263,7 +263,7 @@ def test_negative_control_window_off_by_one(tiny_model):
 
 def test_negative_control_llama_rope_pairing_on_cohere(tiny_model):
     hf, folder = tiny_model("cohere")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     reference = model.backend.apply_rope
     model.backend.apply_rope = lambda x, cos, sin, interleaved: reference(x, cos, sin, False)  # half-split
     ids = random_ids(1, 16)
@@ -273,7 +273,7 @@ def test_negative_control_llama_rope_pairing_on_cohere(tiny_model):
 
 def test_negative_control_gqa_tile_instead_of_repeat(tiny_model, monkeypatch):
     hf, folder = tiny_model("llama", num_key_value_heads=2)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     reference = model.backend.attention
 
     def tiled(q, k, v, mask, scale):  # kv heads tiled [0,1,0,1] instead of repeated [0,0,1,1]

@@ -35,7 +35,7 @@ def test_report_passes_on_every_family(tiny_model, family):
 def test_negative_control_corrupted_weight_is_named(tiny_model, family, weight, first):
     """A 1% error in one minilm weight: the report names that layer and sub-step first."""
     hf, folder = tiny_model(family)
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     model.weights[weight] = model.weights[weight] * np.float32(1.01)
     report = parity_report(folder, decode_steps=2, model=model, hf_model=hf)
     jump = report.first_jump
@@ -46,7 +46,7 @@ def test_negative_control_corrupted_weight_is_named(tiny_model, family, weight, 
 
 def test_divergent_token_reports_the_top2_gap(tiny_model):
     hf, folder = tiny_model("llama")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     name = "model.layers.1.mlp.down_proj.weight"
     model.weights[name] = -model.weights[name]                # a gross bug: tokens flip
     report = parity_report(folder, decode_steps=3, model=model, hf_model=hf)

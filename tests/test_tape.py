@@ -43,7 +43,7 @@ def padded_batch(length=10, pad=3):
 
 def test_tape_is_off_by_default_and_keeps_nothing(tiny_model):
     _, folder = tiny_model("llama")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     calls = []
     to_numpy = model.backend.to_numpy
     model.backend.to_numpy = lambda x: calls.append(1) or to_numpy(x)
@@ -55,7 +55,7 @@ def test_tape_is_off_by_default_and_keeps_nothing(tiny_model):
 
 def test_tape_true_and_a_caller_dict(tiny_model):
     _, folder = tiny_model("llama")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = random_ids(1, 6)
     out = model(ids, tape=True)
     assert list(out.tape) == expected_names(model.config)
@@ -71,7 +71,7 @@ def test_tape_true_and_a_caller_dict(tiny_model):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_tape_names_and_shapes(tiny_model, family):
     _, folder = tiny_model(family, **FAMILIES[family])
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     cfg = model.config
     B, T = 2, 7
     tape = model(random_ids(B, T), tape=True).tape
@@ -91,7 +91,7 @@ def test_tape_names_and_shapes(tiny_model, family):
 def test_tape_equals_transformers_intermediates(tiny_model, family):
     """Every name transformers' hooks can see, on every non-pad position, left-padded batch."""
     hf, folder = tiny_model(family, **FAMILIES[family])
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids, mask = padded_batch()
     ours = model(ids, attention_mask=mask, tape=True).tape
     with torch.no_grad(), transformers_tape(hf) as ref:
@@ -112,7 +112,7 @@ def test_tape_equals_transformers_intermediates(tiny_model, family):
 def test_tape_during_cached_decode_matches_transformers(tiny_model):
     """Cohere2 decoding past the window: the decode-step tape matches transformers' decode step."""
     hf, folder = tiny_model("cohere2")
-    model = minilm.load(folder, progress=False)
+    model = minilm.load(folder, progress=False, backend="numpy")
     ids = random_ids(1, 9, seed=2)                             # 9 > W = 4
     cache = model.new_cache(1)
     model(ids, cache=cache)
@@ -148,7 +148,7 @@ def _available_backends():
 def test_tape_names_are_the_same_on_every_backend(tiny_model, family, backend):
     _, folder = tiny_model(family, **FAMILIES[family])
     ids, mask = padded_batch()
-    reference = minilm.load(folder, progress=False)(ids, attention_mask=mask, tape=True).tape
+    reference = minilm.load(folder, progress=False, backend="numpy")(ids, attention_mask=mask, tape=True).tape
     try:
         model = minilm.load(folder, backend=backend, progress=False)
     except (ImportError, RuntimeError, OSError) as e:  # e.g. no C++ toolchain for the CUDA emulator

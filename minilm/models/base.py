@@ -8,7 +8,7 @@ HD head dim, V vocab.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class ForwardContext:
     mask_2d: np.ndarray                # [B, past + T] bool, False = padding
     cache: KVCache | None
     tape: dict | None
+    masks: dict = field(default_factory=dict)  # memo: (window, key indices) -> mask
 
 
 class DecoderModel:
@@ -97,15 +98,23 @@ class DecoderModel:
             keys, values, key_index = ctx.cache.layers[i].update(k, v, ctx.query_index)
         else:
             keys, values, key_index = k, v, ctx.query_index
-        key_valid = ctx.mask_2d[:, np.maximum(key_index, 0)]                    # [B, S]
-        mask = attention_mask(ctx.query_index, key_index, key_valid, self.window(i))  # [B, T, S]
+        mask = self.layer_mask(ctx, key_index, self.window(i))                 # [B, T, S]
         self.record(ctx, f"layers.{i}.attn.mask", mask)
-        out = ops.attention(q, keys, values, ops.asarray(mask), HD ** -0.5)    # [B, T, H, HD]
+        out = ops.attention(q, keys, values, mask, HD ** -0.5)                 # [B, T, H, HD]
         out = out.reshape(B, T, H * HD)
         self.record(ctx, f"layers.{i}.attn.context", out)
         out = self.linear(out, p + ".o_proj")
         self.record(ctx, f"layers.{i}.attn.out", out)
         return out
+
+    def layer_mask(self, ctx: ForwardContext, key_index: np.ndarray, window: int | None):
+        """The [B, T, S] visibility mask; layers with the same keys and window share one per forward."""
+        memo_key = (window, key_index.tobytes())
+        if memo_key not in ctx.masks:
+            key_valid = ctx.mask_2d[:, np.maximum(key_index, 0)]                 # [B, S]
+            mask = attention_mask(ctx.query_index, key_index, key_valid, window)
+            ctx.masks[memo_key] = self.backend.asarray(mask)
+        return ctx.masks[memo_key]
 
     def mlp(self, i: int, x, ctx: ForwardContext):
         """SwiGLU: down(silu(gate(x)) * up(x)), x [B, T, D] -> [B, T, D]"""
