@@ -11,9 +11,8 @@ pytest.importorskip("numba")
 
 import minilm  # noqa: E402
 from minilm.ops.numba_linear import bf16_to_float32  # noqa: E402
-from conftest import random_ids  # noqa: E402
+from conftest import assert_logits_close, incremental_logits, left_padded_batch, random_ids  # noqa: E402
 
-TOL = 1e-4
 FAMILIES = {
     "llama": dict(num_attention_heads=6, num_key_value_heads=2, hidden_size=96),    # GQA, head_dim 16
     "llama-mqa-bias": dict(num_key_value_heads=1, attention_bias=True, mlp_bias=True),
@@ -31,31 +30,13 @@ def load_pair(tiny_model, name, **numba_options):
     return reference, fast
 
 
-def padded_batch(length, pad=3, seed=0):
-    ids = random_ids(2, length, seed=seed)
-    mask = np.ones_like(ids)
-    ids[1, :pad], mask[1, :pad] = 0, 0
-    return ids, mask
 
-
-def assert_logits_close(a, b, keep=None):
-    err = np.abs(a - b) if keep is None else np.abs(a - b)[keep]
-    assert err.max() < TOL, f"logits differ by {err.max():.3g}"
-
-
-def incremental_logits(model, ids, mask, prefix):
-    """Prefill ids[:, :prefix], then decode the rest one token at a time with the KV cache."""
-    cache = model.new_cache(ids.shape[0])
-    logits = [model(ids[:, :prefix], attention_mask=mask[:, :prefix], cache=cache).logits]
-    for t in range(prefix, ids.shape[1]):
-        logits.append(model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
-    return np.concatenate(logits, axis=1)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_forward_and_cached_decoding(tiny_model, name):
     reference, fast = load_pair(tiny_model, name)
-    ids, mask = padded_batch(length=14)
+    ids, mask = left_padded_batch(length=14)
     keep = mask.astype(bool)
     assert_logits_close(fast(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits, keep)
     # Prefill 5, then decode across the cohere2 window (W - 1, W, W + 1, 2W, ...).
@@ -78,7 +59,7 @@ def test_bf16_weights_equal_reference_on_rounded_weights(tiny_model, name):
     for key, w in fast.weights.items():          # the reference runs on the same rounded weights
         if w is not None and w.dtype == np.uint16:
             reference.weights[key] = bf16_to_float32(w)
-    ids, mask = padded_batch(length=11)
+    ids, mask = left_padded_batch(length=11)
     keep = mask.astype(bool)
     assert_logits_close(fast(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits, keep)
     assert_logits_close(incremental_logits(fast, ids, mask, 4), incremental_logits(reference, ids, mask, 4), keep)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import minilm
-from conftest import hf_forward, random_ids
+from conftest import hf_forward, left_padded_batch, random_ids
 
 TOL = 1e-4
 YARN = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 32}
@@ -46,12 +46,6 @@ def assert_parity(hf_model, folder, ids, attention_mask=None, tol=TOL, **load_kw
     assert hidden_err < tol, f"hidden states differ by {hidden_err:.3g}"
     return logit_err
 
-
-def left_padded_batch(length=16, pad=3, seed=0):
-    ids = random_ids(2, length, seed=seed)
-    mask = np.ones_like(ids)
-    ids[1, :pad], mask[1, :pad] = 0, 0
-    return ids, mask
 
 
 @pytest.mark.parametrize("family", ["llama", "cohere", "cohere2"])
