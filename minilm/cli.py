@@ -37,13 +37,23 @@ def resolve_model_dir(model: str | None) -> str:
     return resolve_model_path(model)
 
 
-def load_model_and_tokenizer(args):
-    import minilm
+def load_tokenizer(args):
     from .tokenizer import Tokenizer
-    folder = resolve_model_dir(args.model)
-    tokenizer = Tokenizer.from_pretrained(folder)
-    model = minilm.load(folder, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"))
-    return model, tokenizer
+    args.model_dir = resolve_model_dir(args.model)
+    return Tokenizer.from_pretrained(args.model_dir)
+
+
+def load_model(args):
+    import minilm
+    return minilm.load(args.model_dir, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"))
+
+
+def check_prompt_fits(ids: np.ndarray, args) -> None:
+    """Refuse a prompt that leaves no room before loading any weights."""
+    from .config import load_config
+    max_pos = load_config(args.model_dir).max_position_embeddings
+    if ids.shape[1] >= max_pos:
+        raise CLIError(f"the prompt has {ids.shape[1]} tokens; max_position_embeddings={max_pos} leaves no room")
 
 
 def sampling_kwargs(args) -> dict:
@@ -95,16 +105,19 @@ def cmd_generate(args) -> int:
     check_sampling_args(args)
     if not args.prompt.strip():
         raise CLIError("the prompt is empty")
-    model, tokenizer = load_model_and_tokenizer(args)
+    tokenizer = load_tokenizer(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": args.prompt}]
-    stream_reply(model, tokenizer, prompt_ids(tokenizer, messages), args)
+    ids = prompt_ids(tokenizer, messages)
+    check_prompt_fits(ids, args)
+    stream_reply(load_model(args), tokenizer, ids, args)
     return 0
 
 
 def cmd_chat(args) -> int:
     check_sampling_args(args)
-    model, tokenizer = load_model_and_tokenizer(args)
+    tokenizer = load_tokenizer(args)
+    model = load_model(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
     print("minilm chat: type a message; /reset clears the conversation; Ctrl-D exits.", file=sys.stderr)
@@ -142,7 +155,8 @@ def cmd_convert(args) -> int:
 def cmd_perplexity(args) -> int:
     if not os.path.isfile(args.file):
         raise CLIError(f"text file {args.file!r} does not exist")
-    model, tokenizer = load_model_and_tokenizer(args)
+    tokenizer = load_tokenizer(args)
+    model = load_model(args)
     text = open(args.file, encoding="utf-8").read()
     ids = tokenizer.encode(text)
     if len(ids) < 2:

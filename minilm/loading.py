@@ -78,6 +78,7 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     with ProgressBar(len(views), desc="loading weights", enabled=progress) as bar:
         for name in views:
             if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                bar.update(1, name)
                 continue                                            # tied: filled in below
             array = stored[name].read_float32()                    # one tensor at a time bounds peak memory
             if array.ndim == 2 and "norm" not in name:

