@@ -31,6 +31,8 @@ def numpy_backend() -> SimpleNamespace:
         embedding=linear.embedding,
         scale_logits=linear.scale_logits,
         argmax=sampling.argmax,
+        top_k_filter=sampling.top_k_filter,
+        top_p_filter=sampling.top_p_filter,
         asarray=_identity,
         to_numpy=np.asarray,
         prepare_weight=lambda array, dtype="float32": np.ascontiguousarray(array, dtype=np.float32),

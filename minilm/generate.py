@@ -67,8 +67,11 @@ def make_generation_config(model, eos_token_id=None, **kwargs) -> GenerationConf
 
 
 def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.ndarray,
-                   cfg: GenerationConfig) -> np.ndarray:
-    """Apply transformers' logits processors in its order. scores [B, V] float32."""
+                   cfg: GenerationConfig, ops=sampling) -> np.ndarray:
+    """Apply transformers' logits processors in its order. scores [B, V] float32 on the host.
+
+    `ops` supplies top_k_filter / top_p_filter: a backend (numba has kernels for them) or the reference.
+    """
     if cfg.repetition_penalty != 1.0:
         ignore = np.zeros(sequences.shape, dtype=bool)
         ignore[:, :prompt_pad.shape[1]] = prompt_pad            # left padding is not penalised
@@ -78,9 +81,9 @@ def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.nda
     if cfg.temperature != 1.0:
         scores = sampling.temperature(scores, cfg.temperature)
     if cfg.top_k:
-        scores = sampling.top_k_filter(scores, cfg.top_k)
+        scores = ops.top_k_filter(scores, cfg.top_k)
     if cfg.top_p < 1.0:
-        scores = sampling.top_p_filter(scores, cfg.top_p)
+        scores = ops.top_p_filter(scores, cfg.top_p)
     if cfg.min_p is not None:
         scores = sampling.min_p_filter(scores, cfg.min_p)
     return scores
@@ -111,7 +114,7 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwa
     step_ids, step_mask, step_pos = ids, mask, position_ids
     for step in range(min(cfg.max_new_tokens, max_pos - T)):
         logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
-        scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg)
+        scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg, model.backend)
         next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
         next_ids = np.asarray(model.backend.to_numpy(next_ids), dtype=np.int64)  # host ids, any backend
         next_ids = np.where(finished, cfg.pad_token_id, next_ids)

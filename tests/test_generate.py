@@ -175,3 +175,14 @@ def test_stop_strings_equal_transformers(tiny_model):
     got = model.generate(ids, max_new_tokens=40, eos_token_id=[], stop_strings=[stop], tokenizer=tokenizer)
     np.testing.assert_array_equal(got, expected)
     assert got.shape[1] < 3 + 40
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda-emulated"])
+def test_seeded_sampling_same_on_every_backend(tiny_model, backend):
+    # The processors run on the host with each backend's filters: same seed, same tokens as the reference.
+    _, folder = tiny_model("llama")
+    ids = random_ids(1, 5)
+    kwargs = dict(do_sample=True, max_new_tokens=10, seed=3, top_k=20, top_p=0.8, eos_token_id=[])
+    reference = minilm.load(folder, progress=False, backend="numpy").generate(ids, **kwargs)
+    other = minilm.load(folder, progress=False, backend=backend).generate(ids, **kwargs)
+    np.testing.assert_array_equal(other, reference)

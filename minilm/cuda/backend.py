@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..ops import sampling
 from . import registry
 
 GEMV_MAX_ROWS = 8          # up to this many tokens, linear() reads each weight row once per warp
@@ -66,6 +67,10 @@ def _threads(n: int, cap: int = 256) -> int:
 
 
 class CudaBackend:
+    # Sampling filters work on the [B, V] scores generate already holds on the host.
+    top_k_filter = staticmethod(sampling.top_k_filter)
+    top_p_filter = staticmethod(sampling.top_p_filter)
+
     def __init__(self, emulated: bool, *, check_thread_order: bool = True, workers: int | None = None,
                  debug: bool = False):
         self.emulated = emulated

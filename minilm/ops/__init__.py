@@ -20,6 +20,8 @@ the same signatures; the model code calls them through a `Backend` object
     embedding(ids[B,T] int, table[V, D])                -> [B,T,D]
     scale_logits(logits[...], scale)                    -> [...]
     argmax(scores[B,V])                                 -> [B] int64, first index on ties
+    top_k_filter(scores[B,V], k), top_p_filter(scores[B,V], p) -> [B,V] with -inf where removed
+                                                                     (host numpy scores; transformers' rules)
 
 plus the glue every backend needs: `asarray` (host numpy -> backend array),
 `to_numpy`, and `prepare_weight(array)` (float32 numpy -> storage format).

@@ -51,6 +51,8 @@ def numba_backend(weight_dtype: str = "float32", num_threads: int | None = None)
         embedding=numba_linear.embedding,
         scale_logits=numba_linear.scale_logits,
         argmax=numba_sampling.argmax,
+        top_k_filter=numba_sampling.top_k_filter,
+        top_p_filter=numba_sampling.top_p_filter,
         asarray=np.asarray,
         to_numpy=np.asarray,
         prepare_weight=lambda array, dtype=weight_dtype: prepare_weight(array, dtype),
