@@ -11,8 +11,7 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e .[test])")
-transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
+import torch
 
 BASE_CONFIGS = {
     "llama": {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-pytest.importorskip("numba")
+import numba  # noqa: F401
 
 from minilm import bench, cli  # noqa: E402
 

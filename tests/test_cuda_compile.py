@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="the compile check uses CuPy's NVRTC wrapper")
+import cupy  # noqa: F401  (required by these tests: fail loudly when missing)
 
 from minilm.cuda import nvrtc, registry  # noqa: E402
 from minilm.cuda.emulator import EmulatedModule  # noqa: E402

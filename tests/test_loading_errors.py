@@ -1,5 +1,4 @@
 """Bad configs, bad weights and bad inputs give one clear error naming what is wrong."""
-import json
 import os
 import struct
 
@@ -9,7 +8,7 @@ import pytest
 import minilm
 from minilm.config import ConfigError, parse_config
 from minilm.weights import WeightsError
-from conftest import make_config, random_ids
+from conftest import make_config
 
 
 def test_unsupported_model_type():

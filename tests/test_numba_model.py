@@ -7,7 +7,7 @@ reference run on the bf16-rounded weights.
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+import numba  # noqa: F401
 
 import minilm  # noqa: E402
 from minilm.ops.numba_linear import bf16_to_float32  # noqa: E402

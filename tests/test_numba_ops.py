@@ -8,7 +8,7 @@ asserted here; see `minilm bench`.
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+import numba  # noqa: F401
 
 from minilm.backends import get_backend, numpy_backend  # noqa: E402
 from minilm.ops import numba_linear, numba_sampling, sampling  # noqa: E402
@@ -142,7 +142,7 @@ def test_bf16_rounding_is_round_to_nearest_even():
 
 
 def test_bf16_rounding_matches_torch():
-    torch = pytest.importorskip("torch")
+    import torch
     w = np.random.default_rng(9).standard_normal((33, 65)).astype(np.float32)
     expected = torch.from_numpy(w).to(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(numba_linear.bf16_to_float32(NB.prepare_weight(w, "bfloat16")), expected)

