@@ -48,12 +48,19 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
 
 @njit(error_model="numpy", parallel=True, cache=True)
 def attention_rows(q, k, v, mask, scale, out):
-    """q [B, T, H, HD], k/v [B, S, KV, HD], mask [B, T, S] -> out [B, T, H, HD], rows over threads."""
+    """q [B, T, H, HD], k/v [B, S, KV, HD], mask [B, T, S] -> out [B, T, H, HD], rows over threads.
+
+    Causal rows grow in cost with t, so a thread takes query tokens in pairs (t, T-1-t): every
+    pair costs about the same, and an even split of the pairs is an even split of the work."""
     B, T, H, _ = q.shape
     n_rep = H // k.shape[2]
-    for row in prange(B * T * H):
-        b, t, h = row // (T * H), (row // H) % T, row % H
-        attention_row(q[b, t, h], k, v, b, h // n_rep, mask[b, t], scale, out[b, t, h])
+    pairs = (T + 1) // 2
+    for job in prange(B * pairs * H):
+        b, p, h = job // (pairs * H), (job // H) % pairs, job % H
+        attention_row(q[b, p, h], k, v, b, h // n_rep, mask[b, p], scale, out[b, p, h])
+        t = T - 1 - p
+        if t != p:                                           # the middle token of an odd T: once
+            attention_row(q[b, t, h], k, v, b, h // n_rep, mask[b, t], scale, out[b, t, h])
 
 
 @njit(error_model="numpy", cache=True)

@@ -8,9 +8,10 @@ bytes halves the time, hence the bfloat16 storage: a bf16 number is the upper
 16 bits of a float32, kept as uint16 and widened in the kernel (shift left by
 16, reinterpret) right before a float32 multiply-add.
 
-Prefill (many rows of x) is compute-bound instead: `matmul` computes 4x4
+Prefill (many rows of x) is compute-bound instead: `matmul` computes 6x4
 tiles of the output at once, so every vector loaded from x or the weight feeds
-four multiply-adds held in registers. It stays in Numba rather than calling
+four or six multiply-adds held in registers, and each thread job keeps a block
+of 32 weight rows in cache while the rows of x stream past. It stays in Numba rather than calling
 NumPy's BLAS: OpenBLAS runs its own thread pool, whose spinning threads and
 Numba's fight over two cores between every op (measured: prefill 2x slower),
 and a Numba kernel widens bf16 weights on the fly instead of copying them.
@@ -88,41 +89,50 @@ def gemv(x, weight, bias, out):
             out[n, o] = dot(x[n], w_row) + b
 
 
+TILE_N, TILE_O = 6, 4         # a matmul tile: 6 rows of x times 4 weight rows = 24 accumulators
+BLOCK_O = 32                 # weight rows per thread job: they stay in L2 while every x row passes
+
+
 @njit(error_model="numpy", fastmath=FASTMATH, cache=True)
 def matmul_tile(x, n0, weight, o0, bias, out):
-    """out[n0:n0+4, o0:o0+4] = x[n0:n0+4] @ weight[o0:o0+4]^T + bias: 16 dot products in one
-    pass over IN, so each loaded x and weight vector feeds 4 multiply-adds (registers, not memory)."""
-    x0, x1, x2, x3 = x[n0], x[n0 + 1], x[n0 + 2], x[n0 + 3]
+    """out[n0:n0+6, o0:o0+4] = x[n0:n0+6] @ weight[o0:o0+4]^T + bias: 24 dot products in one
+    pass over IN; each loaded weight vector feeds 6 multiply-adds and each x vector 4, in registers."""
+    x0, x1, x2, x3, x4, x5 = x[n0], x[n0 + 1], x[n0 + 2], x[n0 + 3], x[n0 + 4], x[n0 + 5]
     w0, w1, w2, w3 = weight[o0], weight[o0 + 1], weight[o0 + 2], weight[o0 + 3]
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+    a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = np.float32(0.0)
     for i in range(x0.size):
         b0, b1, b2, b3 = weight_value(w0[i]), weight_value(w1[i]), weight_value(w2[i]), weight_value(w3[i])
         a00 += x0[i] * b0; a01 += x0[i] * b1; a02 += x0[i] * b2; a03 += x0[i] * b3  # noqa: E702
         a10 += x1[i] * b0; a11 += x1[i] * b1; a12 += x1[i] * b2; a13 += x1[i] * b3  # noqa: E702
         a20 += x2[i] * b0; a21 += x2[i] * b1; a22 += x2[i] * b2; a23 += x2[i] * b3  # noqa: E702
         a30 += x3[i] * b0; a31 += x3[i] * b1; a32 += x3[i] * b2; a33 += x3[i] * b3  # noqa: E702
-    tile = ((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23), (a30, a31, a32, a33))
-    for r in range(4):
-        for c in range(4):
+        a40 += x4[i] * b0; a41 += x4[i] * b1; a42 += x4[i] * b2; a43 += x4[i] * b3  # noqa: E702
+        a50 += x5[i] * b0; a51 += x5[i] * b1; a52 += x5[i] * b2; a53 += x5[i] * b3  # noqa: E702
+    tile = ((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23), (a30, a31, a32, a33),
+            (a40, a41, a42, a43), (a50, a51, a52, a53))
+    for r in range(TILE_N):
+        for c in range(TILE_O):
             out[n0 + r, o0 + c] = tile[r][c] + (bias[o0 + c] if bias.size > 0 else np.float32(0.0))
 
 
 @njit(error_model="numpy", parallel=True, fastmath=FASTMATH, cache=True)
 def matmul(x, weight, bias, out):
     """x [N, IN] @ weight[OUT, IN]^T + bias -> out [N, OUT] for prefill: threads split OUT in
-    blocks of 4 weight rows; edges that do not fill a 4x4 tile fall back to single dot products."""
+    blocks of BLOCK_O weight rows; a block meets 6 rows of x at a time (read once from memory,
+    reused from L1 by all the block's 6x4 tiles); leftover rows and columns use single dot products."""
     N, OUT = x.shape[0], weight.shape[0]
-    full_n = N - N % 4
-    for ot in prange((OUT + 3) // 4):
-        o0 = ot * 4
-        if o0 + 4 <= OUT:
-            for n0 in range(0, full_n, 4):
+    full_n = N - N % TILE_N
+    for ob in prange((OUT + BLOCK_O - 1) // BLOCK_O):
+        o_lo, o_hi = ob * BLOCK_O, min(ob * BLOCK_O + BLOCK_O, OUT)
+        full_o = o_lo + (o_hi - o_lo) // TILE_O * TILE_O
+        for n0 in range(0, full_n, TILE_N):
+            for o0 in range(o_lo, full_o, TILE_O):
                 matmul_tile(x, n0, weight, o0, bias, out)
-        for o in range(o0, min(o0 + 4, OUT)):
+        for o in range(o_lo, o_hi):                                  # what the tiles did not cover
             b = bias[o] if bias.size > 0 else np.float32(0.0)
-            first = full_n if o0 + 4 <= OUT else 0                   # rows not covered by a tile
-            for n in range(first, N):
+            for n in range(full_n if o < full_o else 0, N):
                 out[n, o] = dot(x[n], weight[o]) + b
 
 
