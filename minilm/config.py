@@ -167,6 +167,11 @@ def _rope_parameters(cfg: dict, head_dim: int, source: str) -> dict:
     rope_type = rope["rope_type"]
     if rope_type not in ROPE_TYPES:
         raise ConfigError(f"{source}: unknown rope_type={rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+    partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if rope_type != "default" and partial not in (None, 1, 1.0):
+        # transformers' default RoPE ignores it, but the scaled types rotate only part of each head.
+        raise ConfigError(f"{source}: partial_rotary_factor={partial!r} is not supported with "
+                          f"rope_type={rope_type!r}")
     if rope_type in ("yarn", "longrope", "llama3"):
         # A top-level original_max_position_embeddings overrides the dict's value.
         orig = cfg.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")

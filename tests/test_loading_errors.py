@@ -23,6 +23,8 @@ def test_unsupported_model_type():
     ("rope_parameters", {"rope_type": "linear", "rope_theta": 1.0}, r"needs rope_parameters\['factor'\]"),
     ("intermediate_size", None, r"missing required key 'intermediate_size'"),
     ("vocab_size", -3, r"vocab_size=-3"),
+    ("rope_parameters", {"rope_type": "linear", "rope_theta": 1.0, "factor": 2.0, "partial_rotary_factor": 0.5},
+     r"partial_rotary_factor=0.5 is not supported with rope_type='linear'"),
 ])
 def test_inconsistent_config_names_key_and_value(key, value, pattern):
     cfg = make_config("llama")
