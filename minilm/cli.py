@@ -82,19 +82,25 @@ def prompt_ids(tokenizer, messages: list[dict]) -> np.ndarray:
 
 
 def stream_reply(model, tokenizer, ids: np.ndarray, args, out=sys.stdout) -> str:
-    """Print the reply as it is generated; return its text. Tokens/s go to stderr."""
+    """Print the reply as it is generated; return its text. Speed goes to stderr.
+
+    Tokens/s counts from the first piece on, so prefill (and Numba's one-time compilation
+    on a first run) shows separately as the time to the first token.
+    """
     from .generate import stream_text
-    pieces, start, count = [], time.perf_counter(), 0
+    pieces, start, first = [], time.perf_counter(), None
     for piece in stream_text(model, tokenizer, ids, **sampling_kwargs(args)):
+        first = first or time.perf_counter()
         pieces.append(piece)
         out.write(piece)
         out.flush()
-        count += 1
-    elapsed = time.perf_counter() - start
+    end = time.perf_counter()
     out.write("\n")
     text = "".join(pieces)
     n_tokens = len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
-    sys.stderr.write(f"[{n_tokens} tokens in {elapsed:.2f} s, {n_tokens / max(elapsed, 1e-9):.1f} tokens/s, "
+    first = first or end
+    rate = (n_tokens - 1) / (end - first) if n_tokens > 1 and end > first else float("nan")
+    sys.stderr.write(f"[{n_tokens} tokens; first after {first - start:.2f} s, then {rate:.1f} tokens/s; "
                      f"backend {args.backend}]\n")
     return text
 
