@@ -63,3 +63,28 @@ def test_bf16_weights_equal_reference_on_rounded_weights(tiny_model, name):
     keep = mask.astype(bool)
     assert_logits_close(fast(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits, keep)
     assert_logits_close(incremental_logits(fast, ids, mask, 4), incremental_logits(reference, ids, mask, 4), keep)
+
+
+@pytest.mark.parametrize("name", ["llama", "cohere2"])
+def test_bf16_checkpoint_same_logits_with_float32_or_bf16_storage(tiny_model, name):
+    # A checkpoint saved in bf16 (as most Hub models are): bf16 storage keeps its weights exactly,
+    # so the bf16 path may differ from the float32 path only by the order of float32 sums.
+    import torch
+    family = name.split("-")[0]
+    _, folder = tiny_model(family, dtype=torch.bfloat16, **FAMILIES[name])
+    float32_path = minilm.load(folder, backend="numba", weight_dtype="float32", progress=False)
+    bf16_path = minilm.load(folder, backend="numba", weight_dtype="bfloat16", progress=False)
+    assert any(w.dtype == np.uint16 for w in bf16_path.weights.values() if w is not None)
+    ids, mask = left_padded_batch(length=11)
+    keep = mask.astype(bool)
+    assert_logits_close(bf16_path(ids, attention_mask=mask).logits, float32_path(ids, attention_mask=mask).logits,
+                        keep)
+    assert_logits_close(incremental_logits(bf16_path, ids, mask, 4), incremental_logits(float32_path, ids, mask, 4),
+                        keep)
+    # Negative control: a float32 checkpoint stored in bf16 loses weight bits, and the check sees it.
+    _, folder32 = tiny_model(family, **FAMILIES[name])
+    rounded = minilm.load(folder32, backend="numba", weight_dtype="bfloat16", progress=False)
+    exact = minilm.load(folder32, backend="numba", weight_dtype="float32", progress=False)
+    with pytest.raises(AssertionError, match="logits differ"):
+        assert_logits_close(rounded(ids, attention_mask=mask).logits, exact(ids, attention_mask=mask).logits, keep)
+

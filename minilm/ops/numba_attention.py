@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from .numba_math import FASTMATH, exp_f32
 
-SERIAL_MAX_WORK = 1 << 17    # B*T*H*S*HD multiply-adds below which threads do not pay
+SERIAL_MAX_WORK = 1 << 14    # B*T*H*S*HD multiply-adds below which threads do not pay
 
 
 @njit(error_model="numpy", fastmath=FASTMATH, cache=True)

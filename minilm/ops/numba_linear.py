@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..weights import bf16_to_float32  # noqa: F401  (the inverse of to_bf16, exact; used with it)
 from .numba_math import FASTMATH, bf16_bits_to_float32
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
@@ -60,9 +61,6 @@ def to_bf16(array: np.ndarray) -> np.ndarray:
     return dst
 
 
-def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """uint16 bf16 bits [...] -> float32 [...] (exact)."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 # --- linear ------------------------------------------------------------------
