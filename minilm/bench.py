@@ -16,7 +16,8 @@ Measured per backend:
   GB/s, % bw       weight bytes read per decoded token / time per token, and that as a
                    fraction of the fastest of 5 plain reads of the same weight arrays (all Numba
                    threads, one launch) timed right after each decode run; median over the runs
-  peak RSS         while generating (VmHWM reset after loading), and over the whole child
+  peak RSS         while generating (VmHWM reset after loading), and over the whole child;
+                   private memory (RssAnon) sampled at every token of one more run
   startup          a fresh process with a warm on-disk Numba cache: import, load, first token
 Speed is never asserted by the test suite; this command is how it is measured.
 """
@@ -50,11 +51,13 @@ def prompt_ids(length: int, vocab_size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(100, vocab_size - 1, size=(1, length), dtype=np.int64)
 
 
-def _vm_hwm_bytes() -> int | None:
+def _proc_status_bytes(key: str) -> int | None:
+    """A memory line of /proc/self/status in bytes (Linux): VmHWM (peak resident), RssAnon (private
+    memory), RssFile (resident pages of mapped files: mostly shared library code)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -88,13 +91,15 @@ class _Minilm:
         self.weight_arrays = _unique(self.model.weights.values())
         self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
 
-    def generate(self, ids, n):
-        """-> (n greedy tokens, the time each became available since the call)."""
+    def generate(self, ids, n, on_token=None):
+        """-> (n greedy tokens, the time each became available since the call); on_token() after each."""
         from .generate import generate_stream
         tokens, times, t0 = [], [], time.perf_counter()
         for next_ids in generate_stream(self.model, ids, max_new_tokens=n, eos_token_id=[]):
             times.append(time.perf_counter() - t0)
             tokens.append(int(next_ids[0]))
+            if on_token:
+                on_token()
         return tokens, times
 
     def forward(self, ids):
@@ -112,13 +117,15 @@ class _Transformers:
         self.weight_arrays = [p.detach().numpy() for p in self.model.parameters()]  # tied: listed once
         self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
 
-    def generate(self, ids, n):
+    def generate(self, ids, n, on_token=None):
         """-> (n greedy tokens, the time each became available since the call), via a streamer."""
         times, t0 = [], time.perf_counter()
 
         class Clock:  # generate() calls put() with the prompt first, then once per new token
             def put(self, value):
                 times.append(time.perf_counter() - t0)
+                if on_token:
+                    on_token()
 
             def end(self):
                 pass
@@ -154,7 +161,12 @@ def measure(spec: str, model_dir: str, prompt_tokens: int, new_tokens: int, pref
     # Each run against the reads taken right after it, so a quiet moment for the reads is not
     # compared with a busy one for the decode (or the reverse).
     pct_runs = [100 * runner.weight_bytes / t / 1e9 / bw for t, bw in zip(per_token, weight_bandwidth)]
-    generate_peak = _vm_hwm_bytes() if reset else None
+    generate_peak = _proc_status_bytes("VmHWM") if reset else None
+    # One more (untimed) run sampling private memory at every token: resident memory also counts
+    # the pages of mapped files (shared libraries such as LLVM, a memory-mapped checkpoint).
+    private = []
+    runner.generate(ids, 1 + new_tokens, on_token=lambda: private.append(_proc_status_bytes("RssAnon") or 0))
+    generate_peak_private, shared_code = max(private, default=0) or None, _proc_status_bytes("RssFile")
     long_ids = prompt_ids(prefill_tokens, runner.vocab_size, seed=1)
     runner.forward(long_ids[:, :16])                              # warm-up of the prefill path
     prefill = []
@@ -174,6 +186,7 @@ def measure(spec: str, model_dir: str, prompt_tokens: int, new_tokens: int, pref
         "prefill_tok_s": prefill_tokens / statistics.median(prefill),
         "first_token_s": statistics.median(first),
         "generate_peak_rss": generate_peak,
+        "generate_peak_private": generate_peak_private, "resident_file_bytes": shared_code,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "tokens": tokens,
     }
@@ -382,6 +395,11 @@ def format_table(report: dict) -> str:
                      f"decode runs {', '.join(f'{x:.1f}' for x in r['decode_tok_s_runs'])} tok/s "
                      f"= {', '.join(f'{x:.0f}' for x in r['pct_bandwidth_runs'])}% of those reads; "
                      f"load {r['load_s']:.1f} s, first token {r['first_token_s']:.2f} s")
+        if r.get("generate_peak_private"):
+            lines.append(f"    private memory while generating: peak {r['generate_peak_private'] / mb:.0f} MB = "
+                         f"{r['generate_peak_private'] / r['weight_bytes']:.2f} x weights (resident too: "
+                         f"{(r['resident_file_bytes'] or 0) / mb:.0f} MB of mapped files: shared libraries, and the checkpoint "
+                         f"where it is memory-mapped)")
     if "bf16_checkpoint_error" in report:
         lines.append(f"numba-bf16 vs the numba float32 path holding the same bf16-rounded weights (a bf16 "
                      f"checkpoint): max |dlogit| {report['bf16_checkpoint_error']:.2g}; its difference to this "

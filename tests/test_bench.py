@@ -31,6 +31,7 @@ def test_bench_reports_every_backend(tiny_model, tmp_path, capsys, monkeypatch):
     assert results["transformers"]["max_logit_diff_vs_fp32"] < 1e-4
     assert results["numba"]["same_tokens_as_hf"]          # greedy tokens agree with transformers
     assert len(results["numba"]["pct_bandwidth_runs"]) == 1 and results["numba"]["pct_bandwidth"] > 0
+    assert 0 < results["numba"]["generate_peak_private"] < results["numba"]["peak_rss"]
     assert report["bf16_checkpoint_error"] < 1e-4        # bf16 storage = float32 path on the same weights
 
 
