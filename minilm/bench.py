@@ -53,7 +53,7 @@ def prompt_ids(length: int, vocab_size: int, seed: int = 0) -> np.ndarray:
 
 def _proc_status_bytes(key: str) -> int | None:
     """A memory line of /proc/self/status in bytes (Linux): VmHWM (peak resident), RssAnon (private
-    memory), RssFile (resident pages of mapped files: mostly shared library code)."""
+    memory), RssFile (resident pages of mapped files: shared libraries, a memory-mapped checkpoint)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

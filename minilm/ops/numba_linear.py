@@ -61,8 +61,6 @@ def to_bf16(array: np.ndarray) -> np.ndarray:
     return dst
 
 
-
-
 # --- linear ------------------------------------------------------------------
 
 @njit(error_model="numpy", fastmath=FASTMATH, cache=True)
