@@ -2,8 +2,9 @@
 
 NumPy has no bfloat16 dtype, so minilm keeps bfloat16 numbers as their raw bits
 in uint16 arrays. Converting down rounds to nearest even, like torch's
-`.to(torch.bfloat16)`; the one NaN rule, also torch's: every NaN becomes the
-canonical quiet NaN 0x7FC0 (rounding its bits could carry into an infinity).
+`.to(torch.bfloat16)`; the one NaN rule: every NaN becomes the canonical quiet
+NaN 0x7FC0 (rounding its bits could carry it into an infinity). Checkpoints
+with NaN are refused at load anyway; the rule only keeps tests deterministic.
 Converting up is exact: shift the bits back into place.
 """
 from __future__ import annotations
