@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from .formats import Weight, quantize
+
 DEFAULT_BACKENDS = ("numpy", "numba", "numba-bf16", "transformers")
 SPECS = {  # name -> (engine, weight dtype)
     "numpy": ("minilm-numpy", "float32"),
@@ -73,12 +75,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _unique(arrays) -> list:
+def weight_arrays(weights) -> list:
+    """Every array behind the model's weights once (a tied head shares the embedding's arrays)."""
     seen, out = set(), []
-    for a in arrays:
-        if a is not None and id(a) not in seen:
-            seen.add(id(a))
-            out.append(a)
+    for w in weights:
+        for a in (w.arrays.values() if isinstance(w, Weight) else [w]):
+            if a is not None and id(a) not in seen:
+                seen.add(id(a))
+                out.append(a)
     return out
 
 
@@ -88,7 +92,7 @@ class _Minilm:
         self.model = minilm.load(model_dir, backend=backend, weight_dtype=weight_dtype, progress=False)
         self.vocab_size = self.model.config.vocab_size
         # Bytes a decode step reads: every weight once (a tied embedding is the LM head, read once).
-        self.weight_arrays = _unique(self.model.weights.values())
+        self.weight_arrays = weight_arrays(self.model.weights.values())
         self.weight_bytes = sum(a.nbytes for a in self.weight_arrays)
 
     def generate(self, ids, n, on_token=None):
@@ -198,15 +202,14 @@ def bf16_checkpoint_error(model_dir: str, prompt_tokens: int) -> float:
     separates the kernels (bf16 widened in registers, float32 accumulation) from the rounding of
     a float32 checkpoint's weights, which bf16 storage cannot avoid."""
     import minilm
-    from .ops.numba_linear import bf16_to_float32
     fast = minilm.load(model_dir, backend="numba", weight_dtype="bfloat16", progress=False)
     ids = prompt_ids(prompt_tokens, fast.config.vocab_size)
     bf16_logits = fast(ids).logits
     float32_path = minilm.load(model_dir, backend="numba", weight_dtype="float32", progress=False)
     widened = {}                                       # by id: a tied embedding stays one array
     for name, w in fast.weights.items():
-        if w is not None and w.dtype == np.uint16:
-            float32_path.weights[name] = widened.setdefault(id(w), bf16_to_float32(w))
+        if isinstance(w, Weight) and w.format == "bfloat16":
+            float32_path.weights[name] = widened.setdefault(id(w), quantize(w.dequantize(), "float32"))
     return float(np.abs(float32_path(ids).logits - bf16_logits).max())
 
 
@@ -427,7 +430,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from .cli import resolve_model_dir          # default model, .gguf, folder or hub id, like every command
+    from .resolve import resolve_model_dir      # default model, .gguf, folder or hub id, like every command
     model_dir = resolve_model_dir(args.model)
     for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats"):
         if getattr(args, name) <= 0:

@@ -82,15 +82,13 @@ class SlidingLayerCache:
 class KVCache:
     """One cache per layer, plus the padding mask and length of everything seen so far."""
 
-    def __init__(self, config, backend, batch_size: int):
+    def __init__(self, windows: list, kv_heads: int, head_dim: int, backend, batch_size: int):
+        """windows: per layer, the sliding window W or None (full attention)."""
         self.batch_size = batch_size
         self.seq_len = 0
         self.attention_mask = np.zeros((batch_size, 0), dtype=bool)  # [B, seq_len]
-        self.layers = []
-        for i in range(config.num_hidden_layers):
-            window = config.layer_window(i)
-            args = (backend, batch_size, config.num_key_value_heads, config.head_dim)
-            self.layers.append(SlidingLayerCache(*args, window) if window else FullLayerCache(*args))
+        args = (backend, batch_size, kv_heads, head_dim)
+        self.layers = [SlidingLayerCache(*args, w) if w else FullLayerCache(*args) for w in windows]
 
     def stored_lengths(self) -> list[int]:
         """How many tokens each layer holds (a sliding layer holds at most W)."""

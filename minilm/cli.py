@@ -12,29 +12,14 @@ import time
 
 import numpy as np
 
+from . import bench, masks, parity
+from .resolve import resolve_model_dir
+
 DEFAULT_BACKEND = "numba"
 
 
 class CLIError(Exception):
     """A user-facing problem: printed as one line, exit status 2."""
-
-
-# --- model resolution --------------------------------------------------------
-
-def resolve_model_dir(model: str | None) -> str:
-    """None -> the default SmolLM2 (converted once); a .gguf file -> converted once; else folder/hub id."""
-    if model is None:
-        from .default_model import default_model_dir
-        return default_model_dir()
-    if model.endswith(".gguf"):
-        if not os.path.isfile(model):
-            raise CLIError(f"model file {model!r} does not exist")
-        from .default_model import converted_gguf_dir
-        return converted_gguf_dir(model)
-    if os.path.isdir(model):
-        return model
-    from .weights import resolve_model_path
-    return resolve_model_path(model)
 
 
 def load_tokenizer(args):
@@ -222,22 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, sampling=False)
     p.set_defaults(func=cmd_perplexity)
 
-    for name, module, help_text in [("bench", "bench", "speed against transformers"),
-                                    ("parity", "parity", "layer-by-layer error against transformers"),
-                                    ("masks", "masks", "draw attention masks")]:
-        p = sub.add_parser(name, help=help_text)
-        try:
-            mod = __import__(f"minilm.{module}", fromlist=["add_arguments", "main"])
-        except ImportError as e:
-            p.set_defaults(func=lambda args, e=e: _missing(e))
-            continue
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.main)
+    for module, help_text in [(bench, "speed against transformers"),
+                              (parity, "layer-by-layer error against transformers"),
+                              (masks, "draw attention masks")]:
+        p = sub.add_parser(module.__name__.rsplit(".", 1)[-1], help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
     return parser
-
-
-def _missing(error):
-    raise CLIError(f"this command is unavailable: {error}")
 
 
 def main(argv=None) -> int:

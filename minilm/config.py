@@ -1,44 +1,28 @@
-"""HF config.json -> one frozen ModelConfig for llama, cohere and cohere2.
+"""HF config.json -> one frozen ModelConfig, for any family in the registry.
 
-Field names follow the HF config keys. Per-family defaults and the RoPE key
-conversion follow transformers 5.23 (reference-semantics.md sections 1-4).
+Field names follow the HF config keys. What differs between families (defaults
+for omitted keys, the norm epsilon's key, logit_scale, qk-norm, layer types)
+comes from the family class in `minilm/models/`; this module holds what every
+family shares: required keys, head layout and the RoPE key conversion of
+transformers 5.23 (docs/semantics.md sections 1-4).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
+from .errors import ConfigError, check_positive_int
+from .models import FAMILIES
 
-class ConfigError(ValueError):
-    """A config.json that minilm cannot run: names the key and the value."""
-
-
-SUPPORTED_MODEL_TYPES = ("llama", "cohere", "cohere2")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
-
-# Per-family defaults for keys a config.json may omit (transformers 5.23).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=None, rope_theta=10000.0,
-                  max_position_embeddings=2048, hidden_act="silu"),
-    "cohere": dict(layer_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=False,
-                   logit_scale=0.0625, use_qk_norm=False, bos_token_id=5, eos_token_id=255001,
-                   pad_token_id=0, rope_theta=500000.0, max_position_embeddings=8192,
-                   hidden_act="silu"),
-    "cohere2": dict(layer_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=False,
-                    logit_scale=0.0625, bos_token_id=5, eos_token_id=255001, pad_token_id=0,
-                    rope_theta=10000.0, max_position_embeddings=8192, sliding_window=4096,
-                    sliding_window_pattern=4, hidden_act="silu"),
-}
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "num_attention_heads")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: str                      # "llama" | "cohere" | "cohere2"
+    model_type: str                      # a key of minilm.models.FAMILIES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -53,9 +37,9 @@ class ModelConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
-    logit_scale: float = 1.0             # cohere*: logits are multiplied by this
-    use_qk_norm: bool = False            # cohere only (Command R+)
-    sliding_window: int | None = None    # cohere2 only
+    logit_scale: float = 1.0             # logits are multiplied by this (Cohere)
+    use_qk_norm: bool = False            # per-head norm of q and k (Command R+)
+    sliding_window: int | None = None    # W for "sliding_attention" layers
     layer_types: tuple = ()              # per layer: "full_attention" | "sliding_attention"
     bos_token_id: int | None = None
     eos_token_id: int | list | None = None
@@ -67,22 +51,6 @@ class ModelConfig:
     @property
     def is_sequence_classifier(self) -> bool:
         return any(a.endswith("ForSequenceClassification") for a in self.architectures)
-
-    @property
-    def interleaved_rope(self) -> bool:
-        # Cohere pairs (2i, 2i+1); Llama pairs (i, i + HD/2).
-        return self.model_type in ("cohere", "cohere2")
-
-    @property
-    def parallel_block(self) -> bool:
-        return self.model_type in ("cohere", "cohere2")
-
-    def layer_uses_rope(self, layer: int) -> bool:
-        # Cohere2 global (full_attention) layers use no positional encoding.
-        return self.model_type != "cohere2" or self.layer_types[layer] == "sliding_attention"
-
-    def layer_window(self, layer: int) -> int | None:
-        return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
 
 
 def load_config(path: str) -> ModelConfig:
@@ -100,17 +68,20 @@ def load_config(path: str) -> ModelConfig:
 
 
 def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
         raise ConfigError(f"{source}: unsupported model_type={model_type!r} "
-                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    cfg = {**FAMILY_DEFAULTS[model_type], **raw}
+                          f"(supported: {', '.join(FAMILIES)})")
+    cfg = {**family.config_defaults, **raw}
     for key in REQUIRED_KEYS:
         if cfg.get(key) is None:
             raise ConfigError(f"{source}: missing required key {key!r}")
-        _check_positive_int(cfg, key, source)
+        check_positive_int(cfg, key, source)
 
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    hidden, heads, layers = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     if hidden % heads:
         raise ConfigError(f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
@@ -123,36 +94,23 @@ def parse_config(raw: dict, source: str = "config.json") -> ModelConfig:
     if cfg.get("hidden_act", "silu") not in ("silu", "swish"):
         raise ConfigError(f"{source}: unsupported hidden_act={cfg['hidden_act']!r} (only 'silu')")
 
-    norm_eps = cfg["rms_norm_eps"] if model_type == "llama" else cfg["layer_norm_eps"]
-    rope = _rope_parameters(cfg, head_dim, source)
-    layer_types, window = _layer_types(cfg, model_type, source)
     architectures = tuple(cfg.get("architectures") or ())
     num_labels = None
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         num_labels = cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2
-
-    return ModelConfig(
+    fields = dict(
         model_type=model_type, vocab_size=cfg["vocab_size"], hidden_size=hidden,
-        intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
+        intermediate_size=cfg["intermediate_size"], num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        max_position_embeddings=cfg["max_position_embeddings"], rope_parameters=rope,
-        norm_eps=float(norm_eps), hidden_act="silu",
-        attention_bias=bool(cfg.get("attention_bias", False)),
-        mlp_bias=bool(cfg.get("mlp_bias", False)) and model_type == "llama",  # Cohere MLPs never have a bias
-        tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
-        logit_scale=float(cfg["logit_scale"]) if model_type != "llama" else 1.0,
-        use_qk_norm=bool(cfg.get("use_qk_norm", False)) and model_type == "cohere",
-        sliding_window=window, layer_types=layer_types,
+        max_position_embeddings=cfg["max_position_embeddings"],
+        rope_parameters=_rope_parameters(cfg, head_dim, source),
+        norm_eps=float(cfg[family.norm_eps_key]), hidden_act="silu",
+        attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
+        tie_word_embeddings=bool(cfg["tie_word_embeddings"]), layer_types=("full_attention",) * layers,
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
-        pad_token_id=cfg.get("pad_token_id"), architectures=architectures,
-        num_labels=num_labels, raw=raw,
-    )
-
-
-def _check_positive_int(cfg: dict, key: str, source: str) -> None:
-    value = cfg[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{source}: {key}={value!r} must be a positive integer")
+        pad_token_id=cfg.get("pad_token_id"), architectures=architectures, num_labels=num_labels, raw=raw)
+    fields.update(family.family_config(cfg, source))
+    return ModelConfig(**fields)
 
 
 def _rope_parameters(cfg: dict, head_dim: int, source: str) -> dict:
@@ -189,23 +147,3 @@ def _rope_parameters(cfg: dict, head_dim: int, source: str) -> dict:
                 raise ConfigError(f"{source}: rope_parameters[{key!r}] must be a list of "
                                   f"head_dim/2={head_dim // 2} floats, got {factors!r}")
     return rope
-
-
-def _layer_types(cfg: dict, model_type: str, source: str) -> tuple[tuple, int | None]:
-    layers = cfg["num_hidden_layers"]
-    if model_type != "cohere2":
-        return ("full_attention",) * layers, None
-    window = cfg["sliding_window"]
-    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
-        raise ConfigError(f"{source}: sliding_window={window!r} must be a positive integer")
-    types = cfg.get("layer_types")
-    if types is None:
-        # Legacy key: every P-th layer (1-based) is global.
-        pattern = cfg["sliding_window_pattern"]
-        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
-    if len(types) != layers:
-        raise ConfigError(f"{source}: layer_types has {len(types)} entries, num_hidden_layers={layers}")
-    for t in types:
-        if t not in ("full_attention", "sliding_attention"):
-            raise ConfigError(f"{source}: unknown layer_types entry {t!r}")
-    return tuple(types), window

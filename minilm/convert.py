@@ -34,7 +34,8 @@ import shutil
 
 import numpy as np
 
-from .progress import ProgressBar
+from .progress import progress_bar
+from .safetensors_file import SafetensorsWriter
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 CONVERTER_VERSION = 1
@@ -77,8 +78,7 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
         _write_json(os.path.join(staging, "config.json"), config)
         _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
         write_tokenizer_files(tokenizer, metadata, staging)
-        bar = ProgressBar(len(plan), desc=f"converting {os.path.basename(gguf_path)}", enabled=progress)
-        with bar:
+        with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
             write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
         _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan)))
         _move_into_place(staging, out_dir)
@@ -304,31 +304,14 @@ def _natural_key(name: str):
 
 def write_safetensors(path: str, plan: list[TensorPlan], config: dict, on_tensor=None) -> None:
     """Stream float32 tensors into a .safetensors file, one tensor in memory at a time.
-
-    Format: u64 little-endian header length, JSON header {name: dtype, shape, data_offsets},
-    then the raw little-endian data. The header is known up front because shapes are.
-    A tied LM head is left out, like transformers' save_pretrained does.
-    """
+    A tied LM head is left out, like transformers' save_pretrained does."""
     if config.get("tie_word_embeddings"):
         plan = [p for p in plan if p.hf_name != "lm_head.weight"]
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for p in plan:
-        size = 4 * int(np.prod(p.shape, dtype=np.int64))
-        header[p.hf_name] = {"dtype": "F32", "shape": list(p.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    header_bytes += b" " * (-len(header_bytes) % 8)  # pad so the data section starts 8-aligned
-    with open(path, "wb") as f:
-        f.write(len(header_bytes).to_bytes(8, "little"))
-        f.write(header_bytes)
+    with SafetensorsWriter(path, {p.hf_name: ("F32", p.shape) for p in plan}) as out:
         for p in plan:
-            array = p.load()
-            assert array.shape == p.shape, (p.hf_name, array.shape, p.shape)
-            f.write(array.astype("<f4", copy=False).tobytes())
+            out.write(p.hf_name, p.load())
             if on_tensor:
-                on_tensor(1, label=p.hf_name)
-        f.flush()
-        os.fsync(f.fileno())
+                on_tensor(1)
 
 
 # ---------------------------------------------------------------------- tokenizer

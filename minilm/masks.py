@@ -21,7 +21,10 @@ import os
 
 import numpy as np
 
+from .config import load_config
+from .models import FAMILIES
 from .ops.attention import attention_mask as visibility
+from .resolve import resolve_model_dir
 
 VISIBLE, MASKED = "■", "⬚"
 GREEN, RESET = "\033[92m", "\033[0m"
@@ -30,7 +33,6 @@ GREEN, RESET = "\033[92m", "\033[0m"
 def _config(config_or_model):
     """A ModelConfig from a ModelConfig, a loaded model, or a checkpoint folder / config.json path."""
     if isinstance(config_or_model, (str, os.PathLike)):
-        from .config import load_config
         return load_config(str(config_or_model))
     return getattr(config_or_model, "config", config_or_model)
 
@@ -51,9 +53,10 @@ def _padding(length: int | None, attention_mask) -> tuple[np.ndarray, bool]:
 
 def layer_description(config, i: int) -> str:
     """A short label: attention kind, window, and whether RoPE is applied."""
-    window = config.layer_window(i)
+    family = FAMILIES[config.model_type]
+    window = family.layer_window(config, i)
     kind = f"sliding window W={window}" if window else "causal (full attention)"
-    return f"{kind}, {'RoPE' if config.layer_uses_rope(i) else 'no positional encoding (NoPE)'}"
+    return f"{kind}, {'RoPE' if family.layer_uses_rope(config, i) else 'no positional encoding (NoPE)'}"
 
 
 def mask_pictures(config_or_model, length: int | None = None, attention_mask=None) -> list[np.ndarray]:
@@ -67,8 +70,9 @@ def mask_pictures(config_or_model, length: int | None = None, attention_mask=Non
     T = key_valid.shape[1]
     index = np.arange(T)
     pictures = []
+    family = FAMILIES[config.model_type]
     for i in range(config.num_hidden_layers):
-        mask = visibility(index, index, key_valid, config.layer_window(i))   # [B, T, T]
+        mask = visibility(index, index, key_valid, family.layer_window(config, i))   # [B, T, T]
         pictures.append(mask if batched else mask[0])
     return pictures
 
@@ -179,7 +183,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    model_dir = _resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model)
     labels, length = None, args.length
     if args.pad < 0:
         raise ValueError(f"--pad={args.pad} must be >= 0")
@@ -202,8 +206,3 @@ def main(args) -> int:
         save_png(model_dir, args.png, length, attention_mask, labels=labels)
         print(f"\nwrote {args.png}")
     return 0
-
-
-def _resolve_model_dir(model: str | None) -> str:
-    from .parity import _resolve_model_dir as resolve
-    return resolve(model)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .resolve import resolve_model_dir
+
 DEFAULT_PROMPT = "The capital of France is"
 # Sub-steps shown as matrix columns, in execution order (others stay in `comparisons`).
 TABLE_COLUMNS = ("attn_norm", "attn.q", "attn.k", "attn.v", "attn.q_norm", "attn.k_norm", "attn.q_rope",
@@ -404,7 +406,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     """Print the report; exit status 1 if an intermediate jumps or a greedy token differs."""
-    model_dir = _resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.model)
     prompt = args.prompt
     if getattr(args, "ids", None):
         try:
@@ -415,16 +417,3 @@ def main(args) -> int:
                            backend=args.backend, metric=args.metric)
     print(report.format())
     return 0 if report.ok else 1
-
-
-def _resolve_model_dir(model: str | None) -> str:
-    try:
-        from .cli import resolve_model_dir     # the CLI's rules: default model, .gguf, folder, hub id
-    except ImportError:
-        resolve_model_dir = None
-    if resolve_model_dir is not None:
-        return resolve_model_dir(model)
-    if model is None:
-        from .default_model import default_model_dir
-        return default_model_dir()
-    return model

@@ -1,11 +1,10 @@
-"""Shared fixtures: tiny random transformers models saved as safetensors checkpoints.
+"""Shared fixtures: tiny random checkpoints (minilm.testing) and transformers loading them.
 
 Weights are scaled up (embeddings ~N(0,1), linears ~N(0,0.2), norm weights
 1 +- 0.3) so attention patterns, RoPE and norms actually move the logits
-(reference-semantics.md section 11). Expected values always come from
-transformers running the same checkpoint.
+(docs/semantics.md section 11). Expected values always come from transformers
+running the same checkpoint, loaded strictly (no missing or unexpected tensor).
 """
-import copy
 import os
 
 import numpy as np
@@ -13,74 +12,31 @@ import pytest
 
 import torch
 
-BASE_CONFIGS = {
-    "llama": {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-              "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-              "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
-              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
-    "cohere": {"model_type": "cohere", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-               "max_position_embeddings": 128, "layer_norm_eps": 1e-5, "hidden_act": "silu",
-               "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "logit_scale": 0.0625,
-               "use_qk_norm": False, "attention_bias": False, "tie_word_embeddings": True,
-               "bos_token_id": 5, "eos_token_id": 2, "pad_token_id": 0},
-    "cohere2": {"model_type": "cohere2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "max_position_embeddings": 128, "layer_norm_eps": 1e-5, "hidden_act": "silu",
-                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "logit_scale": 0.0625,
-                "sliding_window": 4,
-                "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
-                "attention_bias": False, "tie_word_embeddings": True,
-                "bos_token_id": 5, "eos_token_id": 2, "pad_token_id": 0},
-}
+from minilm.testing import random_checkpoint, tiny_config
+
+make_config = tiny_config
+TORCH_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32", None: "float32"}
 
 
-def make_config(family: str, **overrides) -> dict:
-    cfg = copy.deepcopy(BASE_CONFIGS[family])
-    for key, value in overrides.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def scale_up_weights(model, seed: int = 0) -> None:
-    """Replace transformers' tiny default init with weights large enough to exercise every op."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * (2 * torch.rand(p.shape, generator=gen) - 1))
-            elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+def load_hf_model(folder, classifier: bool = False, attn_implementation: str = "eager"):
+    """transformers' model of a checkpoint folder, float32, refusing any tensor it would have to invent."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    model, info = auto.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn_implementation,
+                                       output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    assert not problems, f"transformers did not load the checkpoint as written: {problems}"
+    return model.eval()
 
 
 def build_hf_model(cfg: dict, folder, seed: int = 0, dtype=None, classifier: bool = False,
                    attn_implementation: str = "eager"):
-    """Build a transformers model from a config dict, scale its weights, save it to `folder`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    """Write a random checkpoint of `cfg` to `folder` (minilm.testing) and load it with transformers."""
     cfg = dict(cfg)
-    model_type = cfg.pop("model_type")
-    config = AutoConfig.for_model(model_type, **cfg)
-    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
-    torch.manual_seed(seed)
-    model = auto.from_config(config, attn_implementation=attn_implementation)
-    scale_up_weights(model, seed)
-    model.eval()
-    if dtype is not None:
-        model = model.to(dtype)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    if dtype is not None:
-        # Reload in float32 from the rounded checkpoint (a .to() round trip would also round
-        # the rotary inv_freq buffer, which a real checkpoint never stores).
-        model = auto.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn_implementation)
-        model.eval()
-    return model
+    if classifier:
+        cfg["architectures"] = [a.replace("ForCausalLM", "ForSequenceClassification") for a in cfg["architectures"]]
+    random_checkpoint(cfg, folder, dtype=TORCH_DTYPES[dtype], seed=seed)
+    return load_hf_model(folder, classifier, attn_implementation)
 
 
 @pytest.fixture

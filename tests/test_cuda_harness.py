@@ -131,8 +131,8 @@ def test_half_and_bfloat16_conversions(module):
     half, bf16, back = np.zeros(6, np.float16), np.zeros(6, np.uint16), np.zeros(6, np.float32)
     module.get_function("half_round_trip")((1,), (32,), (x, half, bf16, back, np.int32(6)))
     np.testing.assert_array_equal(half, x.astype(np.float16))
-    from minilm.cuda.backend import bfloat16_to_float32, float32_to_bfloat16
-    np.testing.assert_array_equal(bf16, float32_to_bfloat16(x))
+    from minilm.formats.bfloat16 import bfloat16_to_float32, to_bfloat16
+    np.testing.assert_array_equal(bf16, to_bfloat16(x))
     np.testing.assert_allclose(back, half.astype(np.float32) + bfloat16_to_float32(bf16))
 
 

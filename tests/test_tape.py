@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import minilm
+from minilm.models import FAMILIES as FAMILY_CLASSES
 from minilm.parity import transformers_tape
 from conftest import random_ids
 
@@ -24,10 +25,10 @@ def expected_names(config) -> list[str]:
         names += [f"{p}.attn_norm", f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v"]
         if config.use_qk_norm:
             names += [f"{p}.attn.q_norm", f"{p}.attn.k_norm"]
-        if config.layer_uses_rope(i):
+        if FAMILY_CLASSES[config.model_type].layer_uses_rope(config, i):
             names += [f"{p}.attn.q_rope", f"{p}.attn.k_rope"]
         names += [f"{p}.attn.mask", f"{p}.attn.context", f"{p}.attn.out"]
-        if config.model_type == "llama":
+        if config.model_type == "llama":             # the sequential block's second norm
             names += [f"{p}.mlp_norm"]
         names += [f"{p}.mlp.gate", f"{p}.mlp.up", f"{p}.mlp.act", f"{p}.mlp.out", f"{p}.out"]
     return names + ["final_norm", "logits"]

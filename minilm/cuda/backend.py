@@ -8,9 +8,12 @@
                      works, and bugs (races, divergent barriers, bad
                      arguments, device asserts) raise Python exceptions.
 
-Activations are float32; weights may be stored as float32, float16 or
-bfloat16 (prepare_weight) and are always accumulated in float32. NumPy and
-CuPy have no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16.
+Activations are float32; weights (formats.Weight) may be stored as float32,
+float16 or bfloat16 and are always accumulated in float32. NumPy and CuPy have
+no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16.
+
+`CudaBackend` holds the launch machinery and one method per op;
+`make_cuda_backend` builds the contract's namespace from its methods.
 """
 from __future__ import annotations
 
@@ -18,9 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import UnsupportedFormatError
+from ..formats import Weight
 from ..ops import sampling
+from ..ops.contract import OPS, build_backend
 from . import registry
 
+DENSE_FORMATS = ("float32", "float16", "bfloat16")
 GEMV_MAX_ROWS = 8          # up to this many tokens, linear() reads each weight row once per warp
 ATTENTION_MAX_THREADS = 128  # attention.cu: keys per tile = threads; head_dim <= 4 * threads
 SAMPLE_THREADS = 256       # sampling.cu: SAMPLE_THREADS
@@ -37,17 +44,6 @@ def gpu_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # no CuPy, no driver, no device
         return False
-
-
-def float32_to_bfloat16(array: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounding to nearest even like torch."""
-    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(array), np.uint16(0x7FC0), rounded)
-
-
-def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _storage_name(array) -> str:
@@ -95,18 +91,14 @@ class CudaBackend:
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array) if self.emulated else self.xp.asnumpy(array)
 
-    def prepare_weight(self, array, dtype: str = "float32"):
-        """float32 host array -> device array in the storage format (float32, float16, bfloat16)."""
-        array = np.asarray(array, dtype=np.float32)
-        if dtype == "float32":
-            host = np.ascontiguousarray(array)
-        elif dtype == "float16":
-            host = array.astype(np.float16)
-        elif dtype == "bfloat16":
-            host = float32_to_bfloat16(array)
-        else:
-            raise ValueError(f"weight dtype must be float32, float16 or bfloat16, not {dtype!r}")
-        return self.asarray(host)
+    def supports(self, format, mode):
+        return format in DENSE_FORMATS       # dense weights have no activation quantization: either mode
+
+    def prepare_weight(self, weight: Weight) -> Weight:
+        """A host Weight -> the same Weight with its arrays on the device (emulated: host, contiguous)."""
+        if not self.supports(weight.format, weight.mode):
+            raise UnsupportedFormatError(f"backend {self.name!r} does not run weight format {weight.format!r}")
+        return weight.with_arrays(data=self.asarray(weight.data))
 
     def compile_all(self) -> None:
         """Build every kernel module now (in parallel) instead of on first use."""
@@ -165,7 +157,7 @@ class CudaBackend:
         return out
 
     def linear(self, x, weight, bias=None):
-        x, weight = self._c(x), self._c(weight)
+        x, weight = self._c(x), weight.data
         in_features, out_features = x.shape[-1], weight.shape[0]
         rows = x.size // in_features
         has_bias = bias is not None
@@ -183,7 +175,7 @@ class CudaBackend:
         return out
 
     def embedding(self, ids, table):
-        ids, table = self._c(ids, np.int64), self._c(table)
+        ids, table = self._c(ids, np.int64), table.data
         vocab, dim = table.shape
         out = self._empty(ids.shape + (dim,), np.float32)
         self._launch("embedding", "embedding", (table,), ids.size, _threads(dim),
@@ -259,11 +251,12 @@ def _require_gpu():
     return cupy
 
 
-def make_cuda_backend(emulated: bool, **options) -> CudaBackend:
+def make_cuda_backend(emulated: bool, **options):
     """backend="cuda" (emulated=False, needs a GPU) or "cuda-emulated" (the CPU harness).
 
     options: check_thread_order (emulated: run every launch forward and reverse
     and compare, default True), workers (emulated: OS threads), debug
     (emulated: build with -O0 -g and run on the calling thread, for gdb).
     """
-    return CudaBackend(emulated, **options)
+    kernels = CudaBackend(emulated, **options)
+    return build_backend(kernels.name, {op: getattr(kernels, op) for op in OPS})

@@ -31,11 +31,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UnsupportedFormatError
+
 MODES = ("exact", "fast")
-
-
-class UnsupportedFormatError(ValueError):
-    """A weight format a backend (or a tensor's shape) cannot use: names both."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ HD head dim, V vocab.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,13 +38,86 @@ class ForwardContext:
     masks: dict = field(default_factory=dict)  # memo: (window, key indices) -> mask
 
 
+class TensorSpec(NamedTuple):
+    """One tensor a checkpoint must hold: its shape (PyTorch layout) and what kind of tensor it is."""
+    shape: tuple
+    kind: str        # "linear" (a projection), "head" (lm_head / score), "embedding", "vector" (norms, biases)
+
+
+MATRIX_KINDS = ("linear", "head", "embedding")
+
+
 class DecoderModel:
-    family = "base"
+    """The decoder every family shares; a family module subclasses it and states its facts:
+
+    model_type        the config.json `model_type` this class runs
+    config_defaults   values transformers assumes for keys a config.json may omit
+    norm_eps_key      the config key of the norm epsilon
+    interleaved_rope  RoPE pairs (2i, 2i+1) instead of (i, i + HD/2)
+    family_config()   family-only config fields (logit_scale, qk-norm, layer types, ...)
+    layer_tensors()   the family's per-layer tensors, beside the shared ones
+    norm(), decoder_layer(), qk_norm(), layer_uses_rope(), layer_window(): the block itself
+    """
+    model_type = "base"
+    config_defaults: dict = {}
+    norm_eps_key = "rms_norm_eps"
+    interleaved_rope = False
 
     def __init__(self, config, weights: dict, backend):
         self.config, self.backend = config, backend
-        self.weights = weights             # HF tensor names -> backend arrays
+        self.weights = weights             # HF tensor names -> backend arrays / formats.Weight
         self.rotary = RotaryEmbedding(config.rope_parameters, config.head_dim, config.max_position_embeddings)
+
+    # --- family facts (class level: config parsing, loading and tools read them without weights) ---
+    @classmethod
+    def family_config(cls, cfg: dict, source: str) -> dict:
+        """ModelConfig fields only this family has, from the merged config dict."""
+        return {}
+
+    @classmethod
+    def tensor_specs(cls, config) -> dict[str, TensorSpec]:
+        """Every tensor the checkpoint must hold, in model order: name -> TensorSpec."""
+        D, V = config.hidden_size, config.vocab_size
+        specs = {"model.embed_tokens.weight": TensorSpec((V, D), "embedding")}
+        for i in range(config.num_hidden_layers):
+            specs.update(cls.shared_layer_tensors(config, i))
+            specs.update(cls.layer_tensors(config, i))
+        specs["model.norm.weight"] = TensorSpec((D,), "vector")
+        if config.is_sequence_classifier:
+            specs["score.weight"] = TensorSpec((config.num_labels, D), "head")
+        else:
+            specs["lm_head.weight"] = TensorSpec((V, D), "head")
+        return specs
+
+    @staticmethod
+    def shared_layer_tensors(config, i: int) -> dict[str, TensorSpec]:
+        """The input norm, attention and SwiGLU MLP of layer i (with biases where the config has them)."""
+        D, F = config.hidden_size, config.intermediate_size
+        H, KV, HD = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        p = f"model.layers.{i}"
+        projections = {"self_attn.q_proj": (H * HD, D), "self_attn.k_proj": (KV * HD, D),
+                       "self_attn.v_proj": (KV * HD, D), "self_attn.o_proj": (D, H * HD),
+                       "mlp.gate_proj": (F, D), "mlp.up_proj": (F, D), "mlp.down_proj": (D, F)}
+        specs = {f"{p}.input_layernorm.weight": TensorSpec((D,), "vector")}
+        for name, shape in projections.items():
+            specs[f"{p}.{name}.weight"] = TensorSpec(shape, "linear")
+            has_bias = config.attention_bias if name.startswith("self_attn") else config.mlp_bias
+            if has_bias:
+                specs[f"{p}.{name}.bias"] = TensorSpec(shape[:1], "vector")
+        return specs
+
+    @classmethod
+    def layer_tensors(cls, config, i: int) -> dict[str, TensorSpec]:
+        return {}
+
+    @classmethod
+    def layer_uses_rope(cls, config, i: int) -> bool:
+        return True
+
+    @classmethod
+    def layer_window(cls, config, i: int) -> int | None:
+        """Sliding layers see the last `sliding_window` tokens (the query included); others see all."""
+        return config.sliding_window if config.layer_types[i] == "sliding_attention" else None
 
     # --- family hooks -------------------------------------------------------
     def norm(self, x, weight):
@@ -54,12 +128,6 @@ class DecoderModel:
 
     def qk_norm(self, i: int, q, k):
         return q, k
-
-    def uses_rope(self, i: int) -> bool:
-        return True
-
-    def window(self, i: int) -> int | None:
-        return None
 
     # --- helpers ------------------------------------------------------------
     def w(self, name: str):
@@ -89,16 +157,16 @@ class DecoderModel:
         if cfg.use_qk_norm:
             self.record(ctx, f"layers.{i}.attn.q_norm", q)
             self.record(ctx, f"layers.{i}.attn.k_norm", k)
-        if self.uses_rope(i):
-            q = ops.apply_rope(q, ctx.cos, ctx.sin, cfg.interleaved_rope)
-            k = ops.apply_rope(k, ctx.cos, ctx.sin, cfg.interleaved_rope)
+        if self.layer_uses_rope(cfg, i):
+            q = ops.apply_rope(q, ctx.cos, ctx.sin, self.interleaved_rope)
+            k = ops.apply_rope(k, ctx.cos, ctx.sin, self.interleaved_rope)
             self.record(ctx, f"layers.{i}.attn.q_rope", q)
             self.record(ctx, f"layers.{i}.attn.k_rope", k)
         if ctx.cache is not None:
             keys, values, key_index = ctx.cache.layers[i].update(k, v, ctx.query_index)
         else:
             keys, values, key_index = k, v, ctx.query_index
-        mask = self.layer_mask(ctx, key_index, self.window(i))                 # [B, T, S]
+        mask = self.layer_mask(ctx, key_index, self.layer_window(cfg, i))                 # [B, T, S]
         self.record(ctx, f"layers.{i}.attn.mask", mask)
         out = ops.attention(q, keys, values, mask, HD ** -0.5)                 # [B, T, H, HD]
         out = out.reshape(B, T, H * HD)
@@ -136,7 +204,9 @@ class DecoderModel:
 
     # --- the forward pass ---------------------------------------------------
     def new_cache(self, batch_size: int = 1) -> KVCache:
-        return KVCache(self.config, self.backend, batch_size)
+        cfg = self.config
+        windows = [self.layer_window(cfg, i) for i in range(cfg.num_hidden_layers)]
+        return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size)
 
     def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
                  output_hidden_states: bool = False, labels=None, tape: bool | dict = False) -> ModelOutput:
@@ -152,7 +222,7 @@ class DecoderModel:
             position_ids = np.broadcast_to(np.arange(past, past + T), (B, T))
         position_ids = np.asarray(position_ids, dtype=np.int64).reshape(B, T)
         cos = sin = None
-        if any(self.uses_rope(i) for i in range(cfg.num_hidden_layers)):
+        if any(self.layer_uses_rope(cfg, i) for i in range(cfg.num_hidden_layers)):
             cos, sin = self.rotary.cos_sin(position_ids)
             cos, sin = ops.asarray(cos), ops.asarray(sin)
         ctx = ForwardContext(cos, sin, np.arange(past, past + T), mask_2d, cache,

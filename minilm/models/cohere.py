@@ -4,11 +4,31 @@ optional qk-norm (Command R+), and `logit_scale` on the LM head.
     n   = layer_norm(x)
     out = x + attn(n) + mlp(n)
 """
-from .base import DecoderModel
+from .base import DecoderModel, TensorSpec
 
 
 class CohereModel(DecoderModel):
-    family = "cohere"
+    model_type = "cohere"
+    # transformers 5.23 CohereConfig defaults
+    config_defaults = dict(layer_norm_eps=1e-5, tie_word_embeddings=True, attention_bias=False,
+                           logit_scale=0.0625, use_qk_norm=False, bos_token_id=5, eos_token_id=255001,
+                           pad_token_id=0, rope_theta=500000.0, max_position_embeddings=8192, hidden_act="silu")
+    norm_eps_key = "layer_norm_eps"
+    interleaved_rope = True            # pairs (2i, 2i+1)
+
+    @classmethod
+    def family_config(cls, cfg, source):
+        # Cohere MLPs never have a bias; logits are multiplied by logit_scale.
+        return {"mlp_bias": False, "logit_scale": float(cfg["logit_scale"]),
+                "use_qk_norm": bool(cfg.get("use_qk_norm", False))}
+
+    @classmethod
+    def layer_tensors(cls, config, i):
+        if not config.use_qk_norm:
+            return {}
+        p, H, KV, HD = f"model.layers.{i}.self_attn", config.num_attention_heads, config.num_key_value_heads, \
+            config.head_dim
+        return {f"{p}.q_norm.weight": TensorSpec((H, HD), "vector"), f"{p}.k_norm.weight": TensorSpec((KV, HD), "vector")}
 
     def norm(self, x, weight):
         return self.backend.layer_norm(x, weight, self.config.norm_eps)

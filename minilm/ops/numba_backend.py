@@ -1,4 +1,4 @@
-"""The Numba backend: the same op namespace as numpy_backend(), compiled.
+"""The Numba backend: the op contract, compiled.
 
 Kernels live beside their references: ops/norm.py -> ops/numba_norm.py, and so
 on. Compiled code is cached on disk (cache=True, in ops/__pycache__), so only
@@ -8,40 +8,40 @@ changes: after editing the shared helpers in numba_math.py, delete
 ops/__pycache__/numba_*.nbi so that the kernels in other files that use them
 are rebuilt.
 
-Matrix weights may be stored as float32 or as bfloat16 bits (uint16); every
-kernel widens bf16 to float32 and accumulates in float32.
+Weights: float32 and bfloat16 (uint16 bits, widened in registers) in
+numba_linear.py; the quantized formats in numba_quant.py. Every kernel
+accumulates in float32.
 """
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numba
 import numpy as np
 
+from ..errors import UnsupportedFormatError
+from ..formats import Weight
 from . import numba_attention, numba_linear, numba_mlp, numba_norm, numba_rope, numba_sampling
-
-WEIGHT_DTYPES = ("float32", "bfloat16")
-
-
-def prepare_weight(array, dtype: str = "float32") -> np.ndarray:
-    """float32 [OUT, IN] -> storage: float32, or bf16 bits (uint16, rounded to nearest even)."""
-    if dtype in ("float32", "fp32"):
-        return np.ascontiguousarray(array, dtype=np.float32)
-    if dtype in ("bfloat16", "bf16"):
-        return numba_linear.to_bf16(array)
-    raise ValueError(f"weight_dtype={dtype!r} is not supported by the numba backend "
-                     f"(choose one of: {', '.join(WEIGHT_DTYPES)})")
+from .contract import build_backend
+from .numpy_backend import host_array
 
 
-def numba_backend(weight_dtype: str = "float32", num_threads: int | None = None) -> SimpleNamespace:
-    """weight_dtype: default storage for prepare_weight; num_threads: Numba threads (default: all cores)."""
-    if weight_dtype not in WEIGHT_DTYPES + ("fp32", "bf16"):
-        raise ValueError(f"weight_dtype={weight_dtype!r} is not supported by the numba backend "
-                         f"(choose one of: {', '.join(WEIGHT_DTYPES)})")
+def supports(format, mode):
+    return (format, mode) in numba_linear.LINEAR and format in numba_linear.EMBEDDING
+
+
+def prepare_weight(weight: Weight) -> Weight:
+    """Refuse what no kernel runs; make the arrays C-contiguous (a memory map already is)."""
+    if not supports(weight.format, weight.mode):
+        raise UnsupportedFormatError(f"backend 'numba' does not run weight format {weight.format!r} in "
+                                     f"{weight.mode} mode")
+    arrays = {name: a if a.flags.c_contiguous else np.ascontiguousarray(a) for name, a in weight.arrays.items()}
+    return weight.with_arrays(**arrays)
+
+
+def numba_backend(num_threads: int | None = None):
+    """num_threads: Numba threads (default: all cores)."""
     if num_threads is not None:
         numba.set_num_threads(num_threads)
-    return SimpleNamespace(
-        name="numba",
+    return build_backend("numba", dict(
         rms_norm=numba_norm.rms_norm,
         layer_norm=numba_norm.layer_norm,
         apply_rope=numba_rope.apply_rope,
@@ -53,7 +53,8 @@ def numba_backend(weight_dtype: str = "float32", num_threads: int | None = None)
         argmax=numba_sampling.argmax,
         top_k_filter=numba_sampling.top_k_filter,
         top_p_filter=numba_sampling.top_p_filter,
-        asarray=np.asarray,
-        to_numpy=np.asarray,
-        prepare_weight=lambda array, dtype=weight_dtype: prepare_weight(array, dtype),
-    )
+        asarray=host_array,
+        to_numpy=host_array,
+        supports=supports,
+        prepare_weight=prepare_weight,
+    ))

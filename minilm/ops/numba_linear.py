@@ -1,4 +1,4 @@
-"""Numba kernels for linear.py: linear (GEMV / matmul), embedding, scale_logits; bf16 weight storage.
+"""Numba kernels for linear.py: linear (GEMV / matmul), embedding, scale_logits, for dense weights.
 
 Idea. Decoding one token is a chain of matrix-vector products: every weight
 byte is read once and used for one multiply-add, so speed is memory bandwidth.
@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..weights import bf16_to_float32  # noqa: F401  (the inverse of to_bf16, exact; used with it)
+from ..errors import UnsupportedFormatError
 from .numba_math import FASTMATH, bf16_bits_to_float32
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
@@ -39,26 +39,6 @@ def _weight_value(w):
     if w == types.uint16:
         return lambda w: bf16_bits_to_float32(w)
     return lambda w: np.float32(w)
-
-
-@njit(error_model="numpy", parallel=True, cache=True)
-def float32_to_bf16_bits(src, dst):
-    """src float32 [N] -> dst uint16 [N], round to nearest even (like torch's .to(bfloat16))."""
-    bits = src.view(np.uint32)
-    for i in prange(bits.size):
-        b = bits[i]
-        if (b & 0x7FFFFFFF) > 0x7F800000:      # NaN stays a (quiet) NaN
-            dst[i] = np.uint16(((b >> 16) | 0x40) & 0xFFFF)
-        else:
-            dst[i] = np.uint16(((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF)
-
-
-def to_bf16(array: np.ndarray) -> np.ndarray:
-    """float32 [...] -> bf16 bits as uint16 [...] (round to nearest even)."""
-    src = np.ascontiguousarray(array, dtype=np.float32)
-    dst = np.empty(src.shape, dtype=np.uint16)
-    float32_to_bf16_bits(src.reshape(-1), dst.reshape(-1))
-    return dst
 
 
 # --- linear ------------------------------------------------------------------
@@ -132,18 +112,36 @@ def matmul(x, weight, bias, out):
                 out[n, o] = dot(x[n], weight[o]) + b
 
 
-_NO_BIAS = np.zeros(0, dtype=np.float32)
+NO_BIAS = np.zeros(0, dtype=np.float32)
+
+
+def dense_linear(x2, weight, bias, out):
+    """float32 / bfloat16 weights: x2 [N, IN] -> out [N, OUT]; decode streams the weight once."""
+    kernel = gemv if x2.shape[0] <= GEMV_MAX_ROWS else matmul
+    kernel(x2, weight.data, bias, out)
+
+
+def dense_embedding(ids, table, out):
+    gather_rows(ids, table.data, out)
+
+
+# (format, mode) -> kernel(x2 [N, IN] float32, weight, bias [OUT] or [0], out [N, OUT]); quantized
+# formats add theirs (numba_quant.py). Dense formats have no activation quantization: both modes.
+LINEAR = {(f, m): dense_linear for f in ("float32", "bfloat16") for m in ("exact", "fast")}
+EMBEDDING = {"float32": dense_embedding, "bfloat16": dense_embedding}
 
 
 def linear(x, weight, bias=None):
-    """x [..., IN] @ weight[OUT, IN]^T (+ bias [OUT]) -> [..., OUT]; weight float32 or bf16 bits (uint16)."""
+    """x [..., IN] @ W^T (+ bias [OUT]) -> [..., OUT] for a formats.Weight the backend prepared."""
+    kernel = LINEAR.get((weight.format, weight.mode))
+    if kernel is None:
+        raise UnsupportedFormatError(f"backend 'numba' has no {weight.mode} kernel for weight format "
+                                     f"{weight.format!r}")
     lead, IN = x.shape[:-1], x.shape[-1]
-    OUT = weight.shape[0]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, IN)       # [N, IN]
-    out = np.empty((x2.shape[0], OUT), dtype=np.float32)                  # [N, OUT]
-    kernel = gemv if x2.shape[0] <= GEMV_MAX_ROWS else matmul           # decode: stream the weight once
-    kernel(x2, weight, _NO_BIAS if bias is None else bias, out)
-    return out.reshape(*lead, OUT)
+    out = np.empty((x2.shape[0], weight.shape[0]), dtype=np.float32)      # [N, OUT]
+    kernel(x2, weight, NO_BIAS if bias is None else bias, out)
+    return out.reshape(*lead, weight.shape[0])
 
 
 # --- embedding and logit scale -------------------------------------------------
@@ -158,11 +156,11 @@ def gather_rows(ids, table, out):
 
 
 def embedding(ids, table):
-    """ids [B, T] -> table rows [B, T, D]."""
+    """ids [B, T] -> table rows [B, T, D] (only these rows are read and decoded)."""
     ids = np.asarray(ids)
     flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     out = np.empty((flat.size, table.shape[1]), dtype=np.float32)
-    gather_rows(flat, table, out)
+    EMBEDDING[table.format](flat, table, out)
     return out.reshape(*ids.shape, table.shape[1])
 
 

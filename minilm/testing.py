@@ -1,0 +1,133 @@
+"""Random-weight checkpoints: tiny ones for tests, notebooks and docs, real-size ones for benchmarks.
+
+    folder = tiny_checkpoint("cohere2", sliding_window=4)          # config.json + model.safetensors
+    folder = random_checkpoint(REAL_CONFIGS["llama-2-7b"], "out/", dtype="bfloat16")
+
+Tensors are written one at a time (a 7B checkpoint never sits in memory) in the
+family's own tensor list, so the names and shapes are exactly what minilm and
+transformers load. Two initialisations:
+
+  "scaled"  embeddings ~N(0, 1), matrices ~N(0, 0.2), norm weights 1 +- 0.3, biases ~N(0, 0.2):
+            large enough that attention patterns, RoPE and norms visibly move the logits
+            (transformers' own tiny init makes logits nearly flat and hides bugs)
+  "hf"      transformers' init (matrices ~N(0, initializer_range=0.02), norms 1): for benchmarks
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .config import parse_config
+from .formats.bfloat16 import to_bfloat16
+from .models import FAMILIES
+from .progress import progress_bar
+from .safetensors_file import SafetensorsWriter
+
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+TINY_CONFIGS = {
+    "llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "hidden_act": "silu", "rope_parameters": _ROPE,
+              "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+    "cohere": {"model_type": "cohere", "architectures": ["CohereForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "max_position_embeddings": 128, "layer_norm_eps": 1e-5, "hidden_act": "silu", "rope_parameters": _ROPE,
+               "logit_scale": 0.0625, "use_qk_norm": False, "attention_bias": False, "tie_word_embeddings": True,
+               "bos_token_id": 5, "eos_token_id": 2, "pad_token_id": 0},
+    "cohere2": {"model_type": "cohere2", "architectures": ["Cohere2ForCausalLM"], "vocab_size": 256,
+                "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 128, "layer_norm_eps": 1e-5, "hidden_act": "silu",
+                "rope_parameters": _ROPE, "logit_scale": 0.0625, "sliding_window": 4,
+                "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+                "attention_bias": False, "tie_word_embeddings": True, "bos_token_id": 5, "eos_token_id": 2,
+                "pad_token_id": 0},
+}
+
+# The seeds' models at their published configs (values from their config.json on the Hub).
+REAL_CONFIGS = {
+    "llama-2-7b": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+                   "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+                   "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+                   "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None},
+    "llama-2-13b": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+                    "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                    "num_attention_heads": 40, "num_key_value_heads": 40, "max_position_embeddings": 4096,
+                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+                    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None},
+    "command-r7b": {"model_type": "cohere2", "architectures": ["Cohere2ForCausalLM"], "vocab_size": 256000,
+                    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "max_position_embeddings": 8192, "layer_norm_eps": 1e-5, "rope_theta": 50000.0,
+                    "logit_scale": 0.25, "sliding_window": 4096, "sliding_window_pattern": 4,
+                    "tie_word_embeddings": True, "bos_token_id": 5, "eos_token_id": 255001, "pad_token_id": 0},
+    "command-r-35b": {"model_type": "cohere", "architectures": ["CohereForCausalLM"], "vocab_size": 256000,
+                      "hidden_size": 8192, "intermediate_size": 22528, "num_hidden_layers": 40,
+                      "num_attention_heads": 64, "num_key_value_heads": 64, "max_position_embeddings": 8192,
+                      "layer_norm_eps": 1e-5, "rope_theta": 8000000.0, "logit_scale": 0.0625,
+                      "use_qk_norm": False, "tie_word_embeddings": True, "bos_token_id": 5,
+                      "eos_token_id": 255001, "pad_token_id": 0},
+}
+
+STORAGE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def tiny_config(family: str, **overrides) -> dict:
+    """One of TINY_CONFIGS with keys replaced (a value of None removes the key)."""
+    config = copy.deepcopy(TINY_CONFIGS[family])
+    for key, value in overrides.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+def random_tensor(rng: np.random.Generator, name: str, shape: tuple, kind: str, init: str,
+                  initializer_range: float = 0.02) -> np.ndarray:
+    """One tensor's random values (float32), by the rules in the module docstring."""
+    if kind == "vector":
+        if name.endswith("norm.weight"):
+            return (1 + 0.3 * rng.uniform(-1, 1, shape)).astype(np.float32) if init == "scaled" \
+                else np.ones(shape, np.float32)
+        std = 0.2 if init == "scaled" else 0.0                    # biases
+    elif kind == "embedding":
+        std = 1.0 if init == "scaled" else initializer_range
+    else:
+        std = 0.2 if init == "scaled" else initializer_range
+    return (std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32, copy=False)
+
+
+def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 0, init: str = "scaled",
+                      progress: bool = False) -> str:
+    """Write config.json + model.safetensors with random weights, one tensor at a time; returns folder."""
+    if dtype not in STORAGE:
+        raise ValueError(f"dtype={dtype!r} must be one of {', '.join(STORAGE)}")
+    folder = os.fspath(folder)
+    parsed = parse_config(config, source="random_checkpoint config")
+    specs = FAMILIES[parsed.model_type].tensor_specs(parsed)
+    if parsed.tie_word_embeddings:
+        specs.pop("lm_head.weight", None)                         # tied: stored once, like save_pretrained
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({**config, "torch_dtype": dtype, "dtype": dtype}, f, indent=1)
+    rng = np.random.default_rng(seed)
+    storage = {name: (STORAGE[dtype], spec.shape) for name, spec in specs.items()}
+    with SafetensorsWriter(os.path.join(folder, "model.safetensors"), storage) as out, \
+            progress_bar(len(specs), "writing random weights", enabled=progress) as bar:
+        for name, spec in specs.items():
+            values = random_tensor(rng, name, spec.shape, spec.kind, init, config.get("initializer_range", 0.02))
+            out.write(name, to_bfloat16(values) if dtype == "bfloat16" else values.astype(np.dtype(dtype)))
+            bar.update(1)
+    return folder
+
+
+def tiny_checkpoint(family: str, folder=None, seed: int = 0, dtype: str = "float32", **overrides) -> str:
+    """A tiny random checkpoint of `family` (TINY_CONFIGS with overrides) in `folder` or a new temp folder."""
+    folder = folder or tempfile.mkdtemp(prefix=f"minilm-tiny-{family}-")
+    return random_checkpoint(tiny_config(family, **overrides), folder, dtype=dtype, seed=seed)
