@@ -116,9 +116,9 @@ def test_an_unsupported_format_is_refused_naming_backend_and_format(backend):
 
 
 def test_negative_control_a_wrong_kernel_fails_the_comparison():
-    # RMSNorm with eps outside the square root: a classic slip the comparison must catch.
+    # RMSNorm whose mean runs over the whole tensor instead of each row: the comparison must catch it.
     table = {op: getattr(REF, op) for op in OPS}
-    table["rms_norm"] = lambda x, weight, eps: weight * x / (np.sqrt(np.mean(x * x, -1, keepdims=True)) + eps)
+    table["rms_norm"] = lambda x, weight, eps: weight * x / np.sqrt(np.mean(x * x) + eps)
     broken = build_backend("broken", table)
     got = run(broken, "rms_norm", np.random.default_rng(1))
     with pytest.raises(AssertionError):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Format, register
+from .weight import Format, register
 from .bfloat16 import bfloat16_to_float32, to_bfloat16
 
 register(Format(
