@@ -1,6 +1,6 @@
 """Generation: the decode loop, transformers' logits-processor order, stopping, streaming.
 
-Each step (reference-semantics.md section 8):
+Each step (docs/semantics.md sections 8.2-8.4):
   scores = float32(logits[:, -1])              (Cohere logits are already scaled)
   repetition penalty                           (greedy and sampling alike)
   temperature -> top-k -> top-p -> min-p       (sampling only)

@@ -5,7 +5,7 @@
     print(render_text("path/to/cohere2", length=8, attention_mask=[0, 0, 1, 1, 1, 1, 1, 1]))
 
 Row i is a query token, column j a key token; ■ = visible, ⬚ = masked. The
-rule (reference-semantics.md section 6) is the one the model itself uses,
+rule (docs/semantics.md sections 4.3, 6.1) is the one the model itself uses,
 `minilm.ops.attention.attention_mask`:
 
     visible(i, j) = j <= i                      causal

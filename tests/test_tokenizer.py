@@ -41,7 +41,7 @@ CORPUS = [
 STREAM_TEXT = "Streaming: 日本語 😀👍🏽 family 👨‍👩‍👧‍👦 flag 🇯🇵 café e\u0301 ok 한국어 end"
 
 # The Command-R default chat template (hub tokenizer_config.json "chat_template" named "default"),
-# described in reference-semantics.md section 9.
+# described in docs/semantics.md section 9.2.
 COMMAND_R_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
     "{% set system_message = messages[0]['content'] %}{% elif false == true %}"

@@ -1,6 +1,6 @@
 """Masks and scaled dot-product attention with GQA.
 
-Visibility (reference-semantics.md section 6): query at token index i sees key
+Visibility (docs/semantics.md sections 4.3, 6.1): query at token index i sees key
 j iff j <= i, key j is not padding, and for sliding layers j > i - W.
 Token indices are cache positions, not position_ids.
 """

@@ -1,7 +1,7 @@
 """Rotary position embeddings: frequencies for every scaling type, and the rotation.
 
 Frequencies are computed in float32 exactly as transformers 5.23 does
-(reference-semantics.md section 2), including the per-call state of the
+(docs/semantics.md sections 2.3-2.5), including the per-call state of the
 `dynamic` (sticky) and `longrope` types, held by `RotaryEmbedding`.
 """
 from __future__ import annotations

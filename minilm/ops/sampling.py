@@ -1,6 +1,6 @@
 """Choosing the next token: transformers' logits processors, argmax and sampling.
 
-Order and semantics follow transformers' `_sample` (reference-semantics.md
+Order and semantics follow transformers' `_sample` (docs/semantics.md
 section 8): repetition penalty, then (sampling only) temperature, top-k,
 top-p, min-p; then argmax or a draw from softmax.  scores are [B, V] float32.
 """
