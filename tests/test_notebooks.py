@@ -1,59 +1,66 @@
-"""The teaching notebooks run top to bottom, offline, on the CPU, and say what they should.
+"""The teaching notebooks: reviewable Python sources, committed .ipynb files with outputs, and
+each notebook runs top to bottom, offline, on the CPU, printing what it should.
 
-Each notebook is executed with nbclient in a fresh python3 kernel whose
-PYTHONPATH holds this checkout. Notebooks 01, 03 and 06 use the real default
-model (SmolLM2-135M-Instruct); the session fixture converts it once.
-The committed .ipynb files must equal what notebooks/build_notebooks.py
-writes (cells only, outputs cleared).
+notebooks/NN_name.py (jupytext percent format) is the source a reviewer reads and edits;
+notebooks/NN_name.ipynb is the same code with its outputs, so a learner browsing the
+repository sees the plots. After editing a source:
+
+    python notebooks/execute.py notebooks/NN_name.py
+
+Notebooks 01, 03 and 06 use the real default model (SmolLM2-135M-Instruct); the session
+fixture converts it once.
 """
-import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-import nbformat
-import nbclient
 import ipykernel  # noqa: F401
+import jupytext
 import matplotlib  # noqa: F401
+import nbformat
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = os.path.join(ROOT, "notebooks")
-sys.path.insert(0, NOTEBOOKS)
-import build_notebooks  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+sys.path.insert(0, str(NOTEBOOKS))
+from execute import execute  # noqa: E402  (the same runner that writes the committed outputs)
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 # Text each notebook must print: the point it makes, not just "it ran".
 EXPECTED = {
-    "01_tour.ipynb": ["recorded intermediates", "max |difference| = 0.0e+00", "cache holds"],
-    "02_norms_and_rope.ipynb": ["scale invariant: True True", "interleaved == permute, half-split, unpermute: True"],
-    "03_attention.ipynb": ["GQA == MHA with repeated kv heads: True", "layer 3 (full_attention): attn.q, attn.k, attn.v, "
-                           "attn.mask", "sliding window W=4"],
-    "04_llama_vs_cohere.ipynb": ["cohere out = x + attn(n) + mlp(n):           True", "same greedy token: True"],
-    "05_kernels.ipynb": ["backends: ['numpy', 'numba'"],
-    "06_parity.ipynb": ["report ok: True", "first jump: Comparison(stage='prefill', name='layers.17.mlp.up'"],
+    "01_tour": ["recorded intermediates", "max |difference| = 0.0e+00", "cache holds"],
+    "02_norms_and_rope": ["scale invariant: True True", "interleaved == permute, half-split, unpermute: True"],
+    "03_attention": ["GQA == MHA with repeated kv heads: True", "layer 3 (full_attention): attn.q, attn.k, attn.v, "
+                     "attn.mask", "sliding window W=4"],
+    "04_llama_vs_cohere": ["cohere out = x + attn(n) + mlp(n):           True", "same greedy token: True"],
+    "05_kernels": ["backends: ['numpy', 'numba'"],
+    "06_parity": ["report ok: True", "first jump: Comparison(stage='prefill', name='layers.17.mlp.up'"],
 }
-USES_DEFAULT_MODEL = {"01_tour.ipynb", "03_attention.ipynb", "06_parity.ipynb"}
+USES_DEFAULT_MODEL = {"01_tour", "03_attention", "06_parity"}
 CELL_TIMEOUT = 240
 
 
-def test_committed_notebooks_match_the_build_script(tmp_path):
-    for path in build_notebooks.build(str(tmp_path)):
-        name = os.path.basename(path)
-        committed = os.path.join(NOTEBOOKS, name)
-        assert os.path.exists(committed), f"{name} missing: run python notebooks/build_notebooks.py"
-        with open(path, encoding="utf-8") as built, open(committed, encoding="utf-8") as f:
-            assert json.load(built) == json.load(f), f"{name} is stale: run python notebooks/build_notebooks.py"
-    assert set(EXPECTED) == set(build_notebooks.NOTEBOOKS)
+def code_cells(nb) -> list[str]:
+    return [cell.source.strip() for cell in nb.cells if cell.cell_type == "code"]
 
 
-def test_committed_notebooks_have_no_outputs():
-    for name in build_notebooks.NOTEBOOKS:
-        nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{name}: outputs committed"
+def test_every_notebook_has_a_source_and_an_expectation():
+    assert {p.stem for p in SOURCES} == set(EXPECTED)
+    assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == set(EXPECTED)
 
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_is_its_source_with_outputs(source):
+    committed = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    paired = jupytext.read(source)
+    assert code_cells(committed) == code_cells(paired), \
+        f"{source.name} and its .ipynb differ: python notebooks/execute.py {source.relative_to(ROOT)}"
+    markdown = [c.source.strip() for c in committed.cells if c.cell_type == "markdown"]
+    assert markdown == [c.source.strip() for c in paired.cells if c.cell_type == "markdown"]
+    printed = [c for c in committed.cells if c.cell_type == "code" and c.outputs]
+    assert printed, f"{source.stem}.ipynb is committed without outputs"
 
 
 def _outputs_text(nb) -> str:
@@ -67,18 +74,13 @@ def _outputs_text(nb) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("name", list(build_notebooks.NOTEBOOKS))
-def test_notebook_runs(name, request, monkeypatch, tmp_path):
-    if name in USES_DEFAULT_MODEL:
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_runs(source, request, monkeypatch, tmp_path):
+    if source.stem in USES_DEFAULT_MODEL:
         request.getfixturevalue("smollm2_dir")     # convert once per session; kernels inherit MINILM_CACHE
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - start
-    text = _outputs_text(nb)
-    for expected in EXPECTED[name]:
-        assert expected in text, f"{name}: expected output {expected!r} not found"
-    print(f"{name}: {seconds:.1f} s")
+    text = _outputs_text(execute(source, timeout=CELL_TIMEOUT))
+    for expected in EXPECTED[source.stem]:
+        assert expected in text, f"{source.stem}: expected output {expected!r} not found"
+    print(f"{source.stem}: {time.perf_counter() - start:.1f} s")

@@ -70,8 +70,13 @@ def load_source(path: Path | str, _seen: set | None = None) -> str:
     return f'#line 1 "{path}"\n' + _LOCAL_INCLUDE.sub(inline, text)
 
 
+def kernel_source_path(module: str) -> Path:
+    """kernels/<module>.cu: the file as written, before its headers are inlined."""
+    return KERNEL_DIR / f"{module}.cu"
+
+
 def module_source(module: str) -> str:
-    return load_source(KERNEL_DIR / f"{module}.cu")
+    return load_source(kernel_source_path(module))
 
 
 def kernel_files() -> list[Path]:
