@@ -605,7 +605,7 @@ KERNELS = [
     IMPORTS,
     TINY_CHECKPOINT,
     code('''
-        import importlib.util, inspect, timeit
+        import inspect, timeit
         from minilm.backends import get_backend
         from minilm.ops import norm
 
@@ -632,13 +632,8 @@ KERNELS = [
                     print(inspect.getsource(getattr(f, "py_func", f)))
     '''),
     code('''
-        from pathlib import Path
-        candidates = [Path(minilm.__file__).resolve().parent.parent / "kernels" / "rms_norm.cu"]
-        if importlib.util.find_spec("minilm.cuda.registry"):
-            from minilm.cuda import registry
-            candidates += [p for p in registry.kernel_files() if p.name == "rms_norm.cu"]
-        source = next((p for p in candidates if p.exists()), None)
-        print(source.read_text() if source else "kernels/rms_norm.cu not found")
+        from minilm.cuda import registry
+        print(registry.module_file("rms_norm").read_text())       # kernels/rms_norm.cu, shipped with minilm
     '''),
     md('''
         ## Do they agree?
