@@ -70,8 +70,13 @@ def write_tiny_llama(folder: Path) -> None:
     rng = np.random.default_rng(0)
     tensors = {}
     for name, shape in expected_shapes(parse_config(LLAMA)).items():
-        scale, offset = (0.3, 1.0) if "norm" in name else (1.0, 0.0) if "embed" in name else (0.2, 0.0)
-        tensors[name] = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
+        if "norm" in name:
+            weight = 1 + 0.3 * rng.standard_normal(shape)
+        elif "embed_tokens" in name:
+            weight = rng.standard_normal(shape)
+        else:
+            weight = 0.2 * rng.standard_normal(shape)
+        tensors[name] = weight.astype(np.float32)
     save_file(tensors, str(folder / "model.safetensors"))
 
 
