@@ -59,7 +59,7 @@ if "numba" in backends:
 
 # %%
 from minilm.cuda import registry
-print(registry.kernel_source_path("rms_norm").read_text())     # the .cu file shipped inside the package
+print(registry.module_file("rms_norm").read_text())     # the .cu file shipped inside the package
 
 # %% [markdown]
 # ## Do they agree?

@@ -1,7 +1,7 @@
 // cuda_harness.h - run unmodified CUDA C kernels on the CPU, loudly.
 //
-// emulator.py compiles a kernel file with `g++ -include cuda_harness.h` into a
-// shared library. The idea:
+// emulator.py compiles a kernel file with `g++ -include cuda_harness.h` (or
+// clang++) into a shared library. The idea:
 //   * every CUDA thread of a block is a fiber (its own small stack); one OS
 //     thread runs a whole block with a round-robin scheduler that switches
 //     fibers only at __syncthreads, warp collectives and exit;
@@ -34,6 +34,20 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+
+// CPUs without a hand-written fiber switch use the portable ucontext one.
+#if !defined(MINILM_HARNESS_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
+#define MINILM_HARNESS_UCONTEXT 1
+#endif
+#if defined(MINILM_HARNESS_UCONTEXT)
+#if defined(__APPLE__) && !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700  // macOS hides its (deprecated) ucontext functions without it
+#endif
+#include <ucontext.h>
+#endif
+#ifndef MAP_NORESERVE
+#define MAP_NORESERVE 0  // only a hint: do not reserve swap for the fiber stacks
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -71,18 +85,61 @@ enum Status : int {
 };
 
 // ---------------------------------------------------------------------------
-// Fibers: a minimal x86-64 context switch (callee-saved registers + stack
-// pointer). glibc's swapcontext also works but saves the signal mask with a
-// system call on every switch, about 6x slower.
+// Fibers. A switch saves the running fiber's callee-saved registers on its own
+// stack, records its stack pointer in its Context, and resumes another fiber.
+// Hand-written for x86-64 and AArch64: swapcontext also saves the signal mask
+// with a system call on every switch (a __syncthreads costs about 15x more),
+// so it is only the fallback, for other CPUs or -DMINILM_HARNESS_UCONTEXT.
+
+#if defined(MINILM_HARNESS_UCONTEXT)
+
+#define HARNESS_FIBER_SWITCH "ucontext"
+
+struct Context {
+    ucontext_t uc;
+};
+
+inline void switch_context(Context& save, Context& load) { swapcontext(&save.uc, &load.uc); }
+
+// A context that runs entry() on [stack, stack + bytes); entry must never return.
+inline void init_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+
+#else  // hand-written: harness_switch(&save.sp, load.sp)
+
+struct Context {
+    void* sp = nullptr;  // points at the registers saved on top of the fiber's stack
+};
 
 extern "C" void harness_switch(void** save_sp, void* load_sp) __attribute__((visibility("hidden")));
+
+// Mach-O (macOS) prefixes C symbols with an underscore and knows no .type/.size (ELF directives).
+#if defined(__APPLE__)
+#define HARNESS_SWITCH_BEGIN ".text\n.p2align 4\n.private_extern _harness_switch\n_harness_switch:\n"
+#define HARNESS_SWITCH_END ""
+#else
+#define HARNESS_SWITCH_BEGIN \
+    ".text\n.p2align 4\n.hidden harness_switch\n.type harness_switch, %function\nharness_switch:\n"
+#define HARNESS_SWITCH_END ".size harness_switch, .-harness_switch\n"
+#endif
+
+inline void switch_context(Context& save, Context& load) { harness_switch(&save.sp, load.sp); }
+
+inline void** aligned_top(char* stack, size_t bytes) {
+    return reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15));
+}
+
 #if defined(__x86_64__)
-asm(R"(
-    .text
-    .p2align 4
-    .hidden harness_switch
-    .type harness_switch,@function
-harness_switch:
+
+#define HARNESS_FIBER_SWITCH "x86-64"
+
+// System V: rbx, rbp and r12-r15 are callee-saved. save_sp in rdi, load_sp in rsi.
+asm(HARNESS_SWITCH_BEGIN R"(
     pushq %rbp
     pushq %rbx
     pushq %r12
@@ -98,11 +155,64 @@ harness_switch:
     popq %rbx
     popq %rbp
     ret
-    .size harness_switch, .-harness_switch
-)");
-#else
-#error "cuda_harness.h: the fiber switch is written for x86-64 only"
-#endif
+)" HARNESS_SWITCH_END);
+
+// Six zeroed registers, then a return address that enters entry() with the
+// ABI's alignment (rsp + 8 a multiple of 16, as after a call).
+inline void init_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    void** sp = aligned_top(stack, bytes) - 2;
+    *sp = reinterpret_cast<void*>(entry);
+    sp -= 6;
+    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+    c.sp = sp;
+}
+
+#elif defined(__aarch64__)
+
+#define HARNESS_FIBER_SWITCH "aarch64"
+
+// AAPCS64: x19-x28, the frame pointer x29, the link register x30 and d8-d15
+// are callee-saved (sp too: it is the value we store). save_sp in x0, load_sp in x1.
+asm(HARNESS_SWITCH_BEGIN R"(
+    sub sp, sp, #160
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #96]
+    stp d10, d11, [sp, #112]
+    stp d12, d13, [sp, #128]
+    stp d14, d15, [sp, #144]
+    mov x9, sp
+    str x9, [x0]
+    mov sp, x1
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    ldp d8, d9, [sp, #96]
+    ldp d10, d11, [sp, #112]
+    ldp d12, d13, [sp, #128]
+    ldp d14, d15, [sp, #144]
+    add sp, sp, #160
+    ret
+)" HARNESS_SWITCH_END);
+
+// A zeroed 160-byte frame whose saved x30 is entry: `ret` jumps there with sp
+// back at the 16-byte aligned top and x29 = 0 ending the frame chain.
+inline void init_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    void** frame = aligned_top(stack, bytes) - 20;
+    for (int i = 0; i < 20; ++i) frame[i] = nullptr;
+    frame[11] = reinterpret_cast<void*>(entry);  // the x30 slot (x29 is slot 10)
+    c.sp = frame;
+}
+
+#endif  // __x86_64__ / __aarch64__
+#endif  // MINILM_HARNESS_UCONTEXT
 
 constexpr size_t kStackBytes = 256 * 1024;   // per CUDA thread; printf needs a few KB
 constexpr size_t kGuardBytes = 4096;         // a stack overflow faults instead of corrupting
@@ -132,7 +242,7 @@ struct WarpOp {
 enum class BarrierKind { plain, count, all, any };
 
 struct Fiber {
-    void* sp = nullptr;
+    Context context;
     char* stack_top = nullptr;
     FiberState state = FiberState::done;
     uint3 thread_idx;
@@ -154,7 +264,7 @@ struct LaunchState {
 
 // One per OS thread that runs blocks; reused across launches (stacks are costly).
 struct Worker {
-    void* scheduler_sp = nullptr;
+    Context scheduler;                // where run_block waits while a fiber runs
     Fiber* current = nullptr;
     std::vector<Fiber> fibers;
     char* stacks = nullptr;
@@ -219,7 +329,7 @@ inline void record_error(Worker& w, int status, const std::string& message) {
 
 inline void yield_to_scheduler() {
     Worker& w = worker();
-    harness_switch(&w.current->sp, w.scheduler_sp);
+    switch_context(w.current->context, w.scheduler);
 }
 
 // Called from inside a CUDA thread: report and leave that thread for good.
@@ -538,14 +648,7 @@ inline unsigned active_mask() {
 }
 
 inline void prepare_fiber(Fiber& f) {
-    // The stack is laid out as harness_switch expects: 6 saved registers, then
-    // a return address that enters fiber_main with the ABI's 16-byte alignment.
-    auto top = reinterpret_cast<uintptr_t>(f.stack_top) & ~uintptr_t(15);
-    auto* sp = reinterpret_cast<void**>(top - 16);
-    *sp = reinterpret_cast<void*>(&fiber_main);
-    sp -= 6;
-    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
-    f.sp = sp;
+    init_context(f.context, f.stack_top - kStackBytes, kStackBytes, &fiber_main);
     f.state = FiberState::ready;
 }
 
@@ -584,7 +687,7 @@ inline void run_block(Worker& w, uint3 block_idx) {
             Fiber& f = w.fibers[w.config->reverse ? n - 1 - k : k];
             if (f.state != FiberState::ready) continue;
             w.current = &f;
-            harness_switch(&w.scheduler_sp, f.sp);
+            switch_context(w.scheduler, f.context);
             if (w.aborted) return;
             ran = true;
             if (w.rewind <= k) {
@@ -739,6 +842,15 @@ const char* describe_params(void (*)(P...)) {
 
 }  // namespace harness
 
+// The library's only exported symbols. It is built with -fvisibility=hidden so
+// that every library keeps its own worker pool: otherwise g++ makes inline
+// variables process-wide (STB_GNU_UNIQUE), and two libraries built with
+// different Context layouts would hand each other their workers.
+#define HARNESS_EXPORT extern "C" __attribute__((visibility("default")))
+
+// Which fiber switch this build uses (the tests check that the one they asked for runs).
+HARNESS_EXPORT const char* minilm_fiber_switch() { return HARNESS_FIBER_SWITCH; }
+
 // ---------------------------------------------------------------------------
 // The CUDA device API on top of the scheduler.
 
@@ -868,13 +980,15 @@ inline unsigned atomicDec(unsigned* p, unsigned limit) {
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __expf(float x) { return expf(x); }
-inline float __exp10f(float x) { return exp10f(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __log2f(float x) { return log2f(x); }
 inline float __sinf(float x) { return sinf(x); }
 inline float __cosf(float x) { return cosf(x); }
 inline float __tanf(float x) { return tanf(x); }
+#if !defined(__APPLE__)  // macOS's math.h has its own __exp10f and __sincosf (and no exp10f, sincosf)
+inline float __exp10f(float x) { return exp10f(x); }
 inline void __sincosf(float x, float* s, float* c) { sincosf(x, s, c); }
+#endif
 inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __frcp_rn(float x) { return 1.0f / x; }

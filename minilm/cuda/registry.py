@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+# The kernels ship inside the package as minilm/kernels: in a checkout that is a
+# symbolic link to the top-level kernels/ folder, in a wheel a copy of it.
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 
 # Storage dtypes -> C++ type. NumPy and CuPy have no bfloat16, so bfloat16
 # tensors travel as their raw 16 bits in uint16 arrays.
@@ -70,14 +72,25 @@ def load_source(path: Path | str, _seen: set | None = None) -> str:
     return f'#line 1 "{path}"\n' + _LOCAL_INCLUDE.sub(inline, text)
 
 
-def kernel_source_path(module: str) -> Path:
-    """kernels/<module>.cu: the file as written, before its headers are inlined."""
-    return KERNEL_DIR / f"{module}.cu"
+def kernel_dir() -> Path:
+    """The package's kernels folder; a clear error when the installation lacks it."""
+    if not KERNEL_DIR.is_dir():
+        raise FileNotFoundError(f"{KERNEL_DIR} is missing: this minilm has no CUDA kernel sources (in a checkout "
+                                "it is a symbolic link to ../kernels; git on Windows may need core.symlinks=true)")
+    return KERNEL_DIR
+
+
+def module_file(module: str) -> Path:
+    """kernels/<module>.cu, as installed with the package."""
+    path = kernel_dir() / f"{module}.cu"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: kernel module {module!r} has no source file")
+    return path
 
 
 def module_source(module: str) -> str:
-    return load_source(kernel_source_path(module))
+    return load_source(module_file(module))
 
 
 def kernel_files() -> list[Path]:
-    return sorted(KERNEL_DIR.glob("*.cu"))
+    return sorted(kernel_dir().glob("*.cu"))

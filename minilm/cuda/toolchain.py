@@ -1,8 +1,9 @@
 """Where the CUDA headers and caches are: shared by the NVRTC check and the CPU harness.
 
-The harness compiles kernels with g++ against the same include directories
-NVRTC gets from CuPy (the cudart/crt wheels and CuPy's bundled libcudacxx),
-so `cuda_fp16.h` and `cuda_bf16.h` are the very same files on both paths.
+The harness compiles kernels with g++ (or clang++) against the same include
+directories NVRTC gets from CuPy (the cudart/crt wheels and CuPy's bundled
+libcudacxx), so `cuda_fp16.h` and `cuda_bf16.h` are the very same files on
+both paths.
 """
 from __future__ import annotations
 

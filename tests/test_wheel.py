@@ -1,0 +1,153 @@
+"""A wheel of minilm works on its own: the CUDA kernel sources ship inside the package.
+
+Builds a wheel offline from a copy of this checkout, installs it into a fresh
+venv in a temporary folder, and from a working directory outside the checkout
+runs a tiny random llama on backend="cuda-emulated" (against the NumPy
+backend) and compiles every kernel with NVRTC. The venv borrows the heavy
+dependencies (numpy, numba, cupy, the CUDA wheels) from the system
+site-packages, which also hold an editable minilm: the test proves that the
+venv's own installed copy is the one imported, then deletes a kernel file
+from that copy and checks that minilm now fails, naming the missing file.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minilm.cuda import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_SHIPPED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".venv")
+
+LLAMA = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+# Runs inside the venv: where minilm comes from, the model on both backends, NVRTC over every kernel.
+RUN_INSTALLED = r'''
+import importlib.metadata, json, sys, sysconfig
+from pathlib import Path
+import numpy as np
+import minilm
+from minilm.cuda import nvrtc, registry
+
+ids = np.array([[1, 17, 200, 5, 42, 9, 130]])
+emulated = minilm.load(sys.argv[1], backend="cuda-emulated", progress=False)
+reference = minilm.load(sys.argv[1], backend="numpy", progress=False)
+difference = np.abs(emulated(ids).logits - reference(ids).logits).max()
+compiled = {module: sorted(k.name for k in nvrtc.compile_check(registry.module_source(module), names,
+                                                                 nvrtc.ARCHITECTURES[-1], f"{module}.cu").kernels)
+            for module, names in registry.MODULES.items()}
+print(json.dumps({"purelib": sysconfig.get_paths()["purelib"], "minilm": minilm.__file__,
+                  "kernels": str(registry.kernel_dir()),
+                  "distribution": str(importlib.metadata.distribution("minilm").locate_file("")),
+                  "max_difference": float(difference), "compiled": compiled}))
+'''
+
+LOAD_RMS_NORM = r'''
+from minilm.cuda import registry
+try:
+    registry.module_source("rms_norm")
+except FileNotFoundError as error:
+    print(error)
+'''
+
+
+def write_tiny_llama(folder: Path) -> None:
+    """config.json + random weights (scaled so that every op moves the logits) as model.safetensors."""
+    from safetensors.numpy import save_file
+    from minilm.config import parse_config
+    from minilm.loading import expected_shapes
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA))
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in expected_shapes(parse_config(LLAMA)).items():
+        if "norm" in name:
+            weight = 1 + 0.3 * rng.standard_normal(shape)
+        elif "embed_tokens" in name:
+            weight = rng.standard_normal(shape)
+        else:
+            weight = 0.2 * rng.standard_normal(shape)
+        tensors[name] = weight.astype(np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def run(args, cwd: Path, env: dict, timeout: float = 300) -> str:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def clean_env(tmp: Path) -> dict:
+    """No PYTHONPATH (it would put a checkout first) and a private harness build cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH")}
+    env["MINILM_CUDA_CACHE"] = str(tmp / "cuda-cache")
+    return env
+
+
+def copy_checkout(tmp: Path) -> Path:
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=NOT_SHIPPED)   # keeps minilm/kernels a link
+    return source
+
+
+def make_venv(tmp: Path, env: dict) -> Path:
+    """A venv that sees the system site-packages (and their pip); returns its python."""
+    venv = tmp / "venv"
+    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp, env)
+    return venv / "bin" / "python"
+
+
+def test_installed_wheel_runs_cuda_emulated_and_nvrtc_outside_the_checkout(tmp_path):
+    env = clean_env(tmp_path)
+    source = copy_checkout(tmp_path)
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", tmp_path / "dist", source], tmp_path, env)
+    [wheel] = (tmp_path / "dist").glob("minilm-*.whl")
+
+    python = make_venv(tmp_path, env)
+    venv = python.parents[1]
+    # pip comes from the system site-packages; --ignore-installed leaves their editable minilm alone.
+    run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--ignore-installed", wheel],
+        tmp_path, env)
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    write_tiny_llama(tmp_path / "tiny-llama")
+    report = json.loads(run([python, "-c", RUN_INSTALLED, tmp_path / "tiny-llama"], work, env).splitlines()[-1])
+
+    site = Path(report["purelib"]).resolve()
+    assert site.is_relative_to(venv.resolve()), report
+    for key in ("minilm", "kernels", "distribution"):
+        path = Path(report[key]).resolve()
+        assert path.is_relative_to(site), f"{key} comes from {path}, not from the venv's {site}"
+        assert not path.is_relative_to(ROOT), f"{key} comes from the checkout: {path}"
+    installed_kernels = site / "minilm" / "kernels"
+    assert not installed_kernels.is_symlink() and (installed_kernels / "common.cuh").is_file()
+    assert report["max_difference"] < 1e-4, report["max_difference"]
+    assert report["compiled"] == {m: sorted(names) for m, names in registry.MODULES.items()}
+
+    # Negative control: without its kernel file the installed copy fails, naming the file.
+    (installed_kernels / "rms_norm.cu").unlink()
+    message = run([python, "-c", LOAD_RMS_NORM], work, env)
+    assert f"{installed_kernels / 'rms_norm.cu'} is missing" in message, message
+
+
+def test_editable_install_finds_the_checkouts_kernels(tmp_path):
+    env = clean_env(tmp_path)
+    source = copy_checkout(tmp_path)
+    python = make_venv(tmp_path, env)
+    run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "--ignore-installed", "-e", source], tmp_path, env)
+    found = run([python, "-c", "from minilm.cuda import registry; print(registry.module_file('rms_norm'))"],
+                tmp_path, env).strip()
+    assert Path(found).resolve() == (source / "kernels" / "rms_norm.cu").resolve()   # through the link
