@@ -136,8 +136,3 @@ def is_complete_conversion(folder: str, gguf_path: str) -> bool:
             and marker.get("source_file") == os.path.basename(gguf_path)
             and marker.get("source_size") == os.path.getsize(gguf_path)
             and all(os.path.isfile(os.path.join(folder, name)) for name in REQUIRED_FILES))
-
-
-def clear_default_model() -> None:
-    """Delete the converted default model from the cache (it is rebuilt on next use)."""
-    shutil.rmtree(os.path.join(cache_root(), MODEL_NAME), ignore_errors=True)

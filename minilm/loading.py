@@ -23,11 +23,6 @@ FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    """Every tensor name the checkpoint must hold, with its shape (HF names, PyTorch layout)."""
-    return {name: spec.shape for name, spec in FAMILIES[cfg.model_type].tensor_specs(cfg).items()}
-
-
 def validate_weights(cfg: ModelConfig, specs: dict[str, TensorSpec], tensors: dict, folder: str) -> dict:
     """Check names and shapes of {name: StoredTensor}; returns the tensors the model uses, in order."""
     tensors = dict(tensors)

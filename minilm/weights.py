@@ -86,8 +86,3 @@ def to_float32(stored: StoredTensor, values: np.ndarray) -> np.ndarray:
     """Stored values (bfloat16 as uint16 bits) widened to float32; refuses NaN and Inf."""
     check_finite(stored, values)
     return bfloat16_to_float32(values) if stored.dtype == "BF16" else values.astype(np.float32, copy=False)
-
-
-def load_checkpoint(folder: str) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint as float32 arrays (small checkpoints: tests, notebooks)."""
-    return {name: to_float32(t, t.read()) for name, t in read_checkpoint(folder).items()}

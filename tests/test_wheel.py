@@ -16,19 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from minilm.cuda import registry
+from minilm.testing import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SHIPPED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".venv")
-
-LLAMA = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-         "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
-         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 # Runs inside the venv: where minilm comes from, the model on both backends, NVRTC over every kernel.
 RUN_INSTALLED = r'''
@@ -58,26 +52,6 @@ try:
 except FileNotFoundError as error:
     print(error)
 '''
-
-
-def write_tiny_llama(folder: Path) -> None:
-    """config.json + random weights (scaled so that every op moves the logits) as model.safetensors."""
-    from safetensors.numpy import save_file
-    from minilm.config import parse_config
-    from minilm.loading import expected_shapes
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(LLAMA))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for name, shape in expected_shapes(parse_config(LLAMA)).items():
-        if "norm" in name:
-            weight = 1 + 0.3 * rng.standard_normal(shape)
-        elif "embed_tokens" in name:
-            weight = rng.standard_normal(shape)
-        else:
-            weight = 0.2 * rng.standard_normal(shape)
-        tensors[name] = weight.astype(np.float32)
-    save_file(tensors, str(folder / "model.safetensors"))
 
 
 def run(args, cwd: Path, env: dict, timeout: float = 300) -> str:
@@ -122,7 +96,7 @@ def test_installed_wheel_runs_cuda_emulated_and_nvrtc_outside_the_checkout(tmp_p
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    write_tiny_llama(tmp_path / "tiny-llama")
+    tiny_checkpoint("llama", tmp_path / "tiny-llama")
     report = json.loads(run([python, "-c", RUN_INSTALLED, tmp_path / "tiny-llama"], work, env).splitlines()[-1])
 
     site = Path(report["purelib"]).resolve()

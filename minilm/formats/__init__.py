@@ -24,9 +24,7 @@ weights, float32 products: what transformers computes on a GGUF) or "fast"
 (activations quantized to int8 per 32-block, integer dot products: what
 llama.cpp computes). Dense formats ignore it.
 """
-from .weight import (FORMATS, MODES, Format, UnsupportedFormatError, Weight, as_weight, dequantize, get_format,
-                     quantize, register)
+from .weight import FORMATS, MODES, Format, UnsupportedFormatError, Weight, get_format, quantize, register
 from . import dense  # noqa: E402,F401  (each format module registers its formats on import)
 
-__all__ = ["FORMATS", "MODES", "Format", "UnsupportedFormatError", "Weight", "as_weight", "dequantize",
-           "get_format", "quantize", "register"]
+__all__ = ["FORMATS", "MODES", "Format", "UnsupportedFormatError", "Weight", "get_format", "quantize", "register"]

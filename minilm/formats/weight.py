@@ -69,9 +69,6 @@ class Weight:
         """The same matrix with its arrays replaced (moved to a device, made contiguous, repacked)."""
         return Weight(self.format, self.shape, {**self.arrays, **arrays}, self.mode, self.options)
 
-    def with_mode(self, mode: str) -> "Weight":
-        return Weight(self.format, self.shape, self.arrays, mode, self.options)
-
     def take_rows(self, rows: np.ndarray) -> "Weight":
         """Rows `rows` of the matrix, still in this format (every array has OUT leading)."""
         rows = np.asarray(rows)
@@ -97,15 +94,3 @@ def quantize(array: np.ndarray, format: str, mode: str = "exact", **options) -> 
         raise UnsupportedFormatError(f"format {format!r} has no option {sorted(unknown)[0]!r}")
     arrays = fmt.encode(np.ascontiguousarray(array, dtype=np.float32), **options)
     return Weight(format, array.shape, arrays, mode, options)
-
-
-def dequantize(weight: Weight) -> np.ndarray:
-    return weight.dequantize()
-
-
-def as_weight(array_or_weight, format: str = "float32") -> Weight:
-    """A bare float32 array becomes a float32 Weight (handy in tests and notebooks)."""
-    if isinstance(array_or_weight, Weight):
-        return array_or_weight
-    return quantize(array_or_weight, format)
-
