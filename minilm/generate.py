@@ -89,8 +89,36 @@ def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.nda
     return scores
 
 
-def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwargs) -> Iterator[np.ndarray]:
-    """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad)."""
+PREFILL_CHUNK = 512   # prompt tokens per forward: bounds activation memory; sliding layers cost O(T * W)
+
+
+def prefill(model, ids, mask, positions, cache, chunk: int = PREFILL_CHUNK, on_progress=None) -> np.ndarray:
+    """Feed the prompt [B, T] through the cache `chunk` tokens at a time; -> the last position's
+    logits [B, 1, V]. on_progress(done, total) after each chunk.
+
+    Each chunk attends over the cache and itself, so the result equals one forward over the whole
+    prompt (a sliding layer's ring keeps the last W keys, all a later chunk can see). RoPE types whose
+    frequencies depend on the call's length (dynamic, longrope) prefill in one forward instead.
+    """
+    T = ids.shape[1]
+    if chunk <= 0 or model.rotary.depends_on_length:
+        chunk = T
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        logits = model(ids[:, start:end], attention_mask=mask[:, start:end], cache=cache,
+                       position_ids=positions[:, start:end], logits_to_keep=1).logits
+        if on_progress:
+            on_progress(end, T)
+    return logits
+
+
+def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
+                    on_prefill_progress=None, **kwargs) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad).
+
+    The prompt is prefilled `prefill_chunk` tokens at a time (on_prefill_progress(done, total) after
+    each chunk); then one token per step through the KV cache.
+    """
     cfg = make_generation_config(model, **kwargs)
     ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
     B, T = ids.shape
@@ -111,9 +139,12 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwa
     cache = model.new_cache(B)
     sequences = ids
     finished = np.zeros(B, dtype=bool)
-    step_ids, step_mask, step_pos = ids, mask, position_ids
+    step_pos = position_ids
     for step in range(min(cfg.max_new_tokens, max_pos - T)):
-        logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
+        if step == 0:
+            logits = prefill(model, ids, mask, position_ids, cache, prefill_chunk, on_prefill_progress)
+        else:
+            logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
         scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg, model.backend)
         next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
         next_ids = np.asarray(model.backend.to_numpy(next_ids), dtype=np.int64)  # host ids, any backend
@@ -139,10 +170,12 @@ def _hit_stop_string(tokenizer, generated: np.ndarray, stop_strings: Sequence[st
 def generate(model, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = 50, top_p: float = 1.0, min_p: float | None = None,
              repetition_penalty: float = 1.0, eos_token_id=None, attention_mask=None, seed: int | None = None,
-             stop_strings=None, tokenizer=None) -> np.ndarray:
+             stop_strings=None, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
+             on_prefill_progress=None) -> np.ndarray:
     """Token ids [B, T + new], like transformers' generate (rows padded once finished)."""
     ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
     steps = list(generate_stream(model, ids, attention_mask=attention_mask, tokenizer=tokenizer,
+                                 prefill_chunk=prefill_chunk, on_prefill_progress=on_prefill_progress,
                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                  top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                  eos_token_id=eos_token_id, seed=seed, stop_strings=stop_strings))

@@ -17,7 +17,7 @@ from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
-from .weights import check_finite, read_checkpoint, to_float32
+from .weights import check_finite, file_identity, read_checkpoint, to_float32
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -45,18 +45,21 @@ def validate_weights(cfg: ModelConfig, specs: dict[str, TensorSpec], tensors: di
     return {n: tensors[n] for n in specs}
 
 
-def stored_weight(stored: StoredTensor, format: str, mode: str) -> Weight:
-    """One matrix read from the checkpoint into `format`: kept as stored when it already is, else
-    widened to float32 and encoded (a quantized format quantizes here, one tensor at a time)."""
-    values = stored.read()
+def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool) -> Weight:
+    """One matrix from the checkpoint in `format`. Stored in that format already: used in place from a
+    read-only memory map (mmap=True: nothing is read now, so nothing is checked for NaN either) or
+    copied and checked. Otherwise widened to float32 and encoded (quantized here, one tensor at a time)."""
     if STORED_FORMAT[stored.dtype] == format:
+        if mmap:
+            return Weight(format, stored.shape, {"data": stored.map()}, mode)
+        values = stored.read()
         check_finite(stored, values)
         return Weight(format, values.shape, {"data": values}, mode)
-    return encode(to_float32(stored, values), format, mode)
+    return encode(to_float32(stored, stored.read()), format, mode)
 
 
 def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
-         mode: str = "exact", progress: bool = True, **backend_options):
+         mode: str = "exact", mmap: bool = True, progress: bool = True, **backend_options):
     """Load a checkpoint (folder or hub id) of any registered family onto a backend.
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
@@ -64,6 +67,10 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     quantize: a format of minilm.formats (e.g. "q4_1", "int4", "nf4") for the decoder's linear layers;
         the embedding and the head stay in weight_dtype, as bitsandbytes and torchao leave them.
     mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats.
+    mmap: matrices already stored in their target format are used in place from a read-only memory map
+        (load time is the header parse; the pages are shared with the page cache and other processes).
+        The model then checks before every forward that the files are unchanged on disk. mmap=False
+        copies every tensor into private memory and checks it for NaN/Inf.
     """
     if weight_dtype not in FLOAT_FORMATS:
         raise ValueError(f"weight_dtype={weight_dtype!r} must be one of {', '.join(FLOAT_FORMATS)} "
@@ -83,11 +90,13 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
             elif kind in MATRIX_KINDS:
                 format = quantize if (kind == "linear" and quantize) else weight_dtype
-                weights[name] = ops.prepare_weight(stored_weight(tensor, format, mode))
+                weights[name] = ops.prepare_weight(stored_weight(tensor, format, mode, mmap))
             else:
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
             bar.set_postfix_str(name, refresh=False)
     model = family(cfg, weights, ops)
     model.path = folder
+    if mmap:
+        model.mapped_files = {t.path: file_identity(t.path) for t in stored.values()}
     return model

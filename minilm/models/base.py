@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cache import KVCache
+from ..weights import check_unchanged
 from ..ops.attention import attention_mask
 from ..ops.rope import RotaryEmbedding
 
@@ -59,6 +60,7 @@ class DecoderModel:
     norm(), decoder_layer(), qk_norm(), layer_uses_rope(), layer_window(): the block itself
     """
     model_type = "base"
+    mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
     config_defaults: dict = {}
     norm_eps_key = "rms_norm_eps"
     interleaved_rope = False
@@ -209,8 +211,13 @@ class DecoderModel:
         return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size)
 
     def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
-                 output_hidden_states: bool = False, labels=None, tape: bool | dict = False) -> ModelOutput:
+                 output_hidden_states: bool = False, labels=None, tape: bool | dict = False,
+                 logits_to_keep: int = 0) -> ModelOutput:
+        """logits_to_keep: compute the LM head for the last N positions only (0: all), like transformers;
+        a prompt's prefill needs only the last one."""
         cfg, ops = self.config, self.backend
+        if self.mapped_files:
+            check_unchanged(self.mapped_files)
         ids = self._check_ids(input_ids)
         B, T = ids.shape
         past = cache.seq_len if cache is not None else 0
@@ -244,6 +251,8 @@ class DecoderModel:
             cache.seq_len += T
             cache.attention_mask = mask_2d
 
+        if logits_to_keep and not cfg.is_sequence_classifier:
+            x = x[:, -logits_to_keep:]                                           # [B, N, D]
         out = self._head(x, ids, ctx)
         loss = self._loss(out, labels) if labels is not None else None
         hidden = tuple(np.asarray(ops.to_numpy(h)) for h in hidden_states) if output_hidden_states else None
