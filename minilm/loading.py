@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .backends import get_backend
+from .cache import storage
 from .config import ModelConfig, load_config
 from .errors import WeightsError
 from .formats import Weight, quantize as encode
@@ -59,7 +60,8 @@ def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool) -> W
 
 
 def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
-         mode: str = "exact", mmap: bool = True, progress: bool = True, **backend_options):
+         mode: str = "exact", mmap: bool = True, cache_dtype: str = "float32", progress: bool = True,
+         **backend_options):
     """Load a checkpoint (folder or hub id) of any registered family onto a backend.
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
@@ -71,10 +73,12 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
         (load time is the header parse; the pages are shared with the page cache and other processes).
         The model then checks before every forward that the files are unchanged on disk. mmap=False
         copies every tensor into private memory and checks it for NaN/Inf.
+    cache_dtype: KV cache storage, "float32" or "bfloat16" (half the memory; float32 arithmetic).
     """
     if weight_dtype not in FLOAT_FORMATS:
         raise ValueError(f"weight_dtype={weight_dtype!r} must be one of {', '.join(FLOAT_FORMATS)} "
                          "(quantized formats: quantize=...)")
+    storage(cache_dtype)                                                       # refuse a bad value before work
     folder = resolve_model_path(os.path.expanduser(str(path_or_repo_id)))
     cfg = load_config(folder)
     family = FAMILIES[cfg.model_type]
@@ -97,6 +101,7 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
             bar.set_postfix_str(name, refresh=False)
     model = family(cfg, weights, ops)
     model.path = folder
+    model.cache_dtype = cache_dtype
     if mmap:
         model.mapped_files = {t.path: file_identity(t.path) for t in stored.values()}
     return model

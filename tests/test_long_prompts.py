@@ -90,3 +90,38 @@ def test_a_changed_weights_file_is_a_clear_error(change, tmp_path):
         model(ids)
     # A copied model does not care: its weights are in private memory.
     assert minilm.load(tiny_checkpoint("llama", tmp_path / "c2"), backend="numba", mmap=False, progress=False)(ids)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_bfloat16_kv_cache(family):
+    folder = tiny_checkpoint(family, **FAMILIES[family])
+    ids, mask = left_padded_batch(length=13, pad=2)
+    keep = mask.astype(bool)
+    runs = {}
+    for backend in ("numpy", "numba"):
+        model = minilm.load(folder, backend=backend, cache_dtype="bfloat16", progress=False)
+        cache = model.new_cache(2)
+        logits = [model(ids[:, :5], attention_mask=mask[:, :5], cache=cache).logits]
+        logits += [model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits for t in range(5, 13)]
+        runs[backend] = np.concatenate(logits, axis=1)
+        assert cache.layers[0].keys.dtype == np.uint16
+    float32_cache = minilm.load(folder, backend="numpy", progress=False)
+    cache = float32_cache.new_cache(2)
+    exact = np.concatenate([float32_cache(ids[:, :5], attention_mask=mask[:, :5], cache=cache).logits] +
+                           [float32_cache(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits
+                            for t in range(5, 13)], axis=1)
+    # The kernels read the same rounded keys and values: equal to the reference.
+    assert np.abs(runs["numba"] - runs["numpy"])[keep].max() < 1e-4
+    # The rounding itself moves logits a little (measured: docs/benchmarks.md); bounded, and not zero.
+    error = np.abs(runs["numpy"] - exact)[keep].max() / np.abs(exact[keep]).max()
+    assert 0 < error < 2e-2, error
+    assert cache.bytes_per_token == 2 * minilm.load(folder, backend="numpy", cache_dtype="bfloat16",
+                                                     progress=False).new_cache(1).bytes_per_token
+
+
+def test_cuda_refuses_a_bfloat16_cache_by_name():
+    model = minilm.load(tiny_checkpoint("llama"), backend="cuda-emulated", cache_dtype="bfloat16", progress=False)
+    with pytest.raises(minilm.errors.UnsupportedFormatError, match="cache_dtype='bfloat16' runs on the numpy"):
+        model.generate(np.array([[3, 4, 5]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="cache_dtype='float8'"):
+        minilm.load(tiny_checkpoint("llama"), cache_dtype="float8", progress=False)

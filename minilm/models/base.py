@@ -61,6 +61,7 @@ class DecoderModel:
     """
     model_type = "base"
     mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
+    cache_dtype = "float32"            # KV cache storage: "float32" or "bfloat16"
     config_defaults: dict = {}
     norm_eps_key = "rms_norm_eps"
     interleaved_rope = False
@@ -205,10 +206,12 @@ class DecoderModel:
         return generate(self, input_ids, **kwargs)
 
     # --- the forward pass ---------------------------------------------------
-    def new_cache(self, batch_size: int = 1) -> KVCache:
+    def new_cache(self, batch_size: int = 1, dtype: str | None = None) -> KVCache:
+        """dtype: "float32" or "bfloat16" (default: the cache_dtype the model was loaded with)."""
         cfg = self.config
         windows = [self.layer_window(cfg, i) for i in range(cfg.num_hidden_layers)]
-        return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size)
+        return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size,
+                       dtype or self.cache_dtype)
 
     def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
                  output_hidden_states: bool = False, labels=None, tape: bool | dict = False,

@@ -19,26 +19,12 @@ and a Numba kernel widens bf16 weights on the fly instead of copying them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from ..errors import UnsupportedFormatError
-from .numba_math import FASTMATH, bf16_bits_to_float32
+from .numba_math import FASTMATH, as_float32
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
-
-
-# --- bfloat16 storage --------------------------------------------------------
-
-def weight_value(w):
-    """One stored weight as float32 (float32 storage: itself; bf16 storage: widened)."""
-
-
-@overload(weight_value)
-def _weight_value(w):
-    if w == types.uint16:
-        return lambda w: bf16_bits_to_float32(w)
-    return lambda w: np.float32(w)
 
 
 # --- linear ------------------------------------------------------------------
@@ -48,7 +34,7 @@ def dot(x, w_row):
     """sum_i x[i] * w_row[i] in float32; w_row float32 or bf16 bits."""
     acc = np.float32(0.0)
     for i in range(x.size):
-        acc += x[i] * weight_value(w_row[i])
+        acc += x[i] * as_float32(w_row[i])
     return acc
 
 
@@ -79,7 +65,7 @@ def matmul_tile(x, n0, weight, o0, bias, out):
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
     a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = np.float32(0.0)
     for i in range(x0.size):
-        b0, b1, b2, b3 = weight_value(w0[i]), weight_value(w1[i]), weight_value(w2[i]), weight_value(w3[i])
+        b0, b1, b2, b3 = as_float32(w0[i]), as_float32(w1[i]), as_float32(w2[i]), as_float32(w3[i])
         a00 += x0[i] * b0; a01 += x0[i] * b1; a02 += x0[i] * b2; a03 += x0[i] * b3  # noqa: E702
         a10 += x1[i] * b0; a11 += x1[i] * b1; a12 += x1[i] * b2; a13 += x1[i] * b3  # noqa: E702
         a20 += x2[i] * b0; a21 += x2[i] * b1; a22 += x2[i] * b2; a23 += x2[i] * b3  # noqa: E702
@@ -152,7 +138,7 @@ def gather_rows(ids, table, out):
     for n in range(ids.size):
         row = table[ids[n]]
         for d in range(row.size):
-            out[n, d] = weight_value(row[d])
+            out[n, d] = as_float32(row[d])
 
 
 def embedding(ids, table):
