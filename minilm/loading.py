@@ -8,12 +8,14 @@ the backend prepares it (or refuses its format by name).
 from __future__ import annotations
 
 import os
+import warnings
 
 from .backends import get_backend
 from .cache import storage
-from .config import ModelConfig, load_config
+from .config import ModelConfig, load_config, parse_config
 from .errors import WeightsError
 from .formats import Weight, quantize as encode
+from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
@@ -62,12 +64,13 @@ def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool) -> W
 def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
          mode: str = "exact", mmap: bool = True, cache_dtype: str = "float32", progress: bool = True,
          **backend_options):
-    """Load a checkpoint (folder or hub id) of any registered family onto a backend.
+    """Load a checkpoint (folder, hub id or .gguf file) of any registered family onto a backend.
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
     weight_dtype: storage of the matrices: "float32", "bfloat16" or "float16" (float32 arithmetic).
     quantize: a format of minilm.formats (e.g. "q4_1", "int4", "nf4") for the decoder's linear layers;
         the embedding and the head stay in weight_dtype, as bitsandbytes and torchao leave them.
+        A .gguf file's tensors are used in their stored format (Q8_0/Q4_0/Q4_1 blocks as they are).
     mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats.
     mmap: matrices already stored in their target format are used in place from a read-only memory map
         (load time is the header parse; the pages are shared with the page cache and other processes).
@@ -79,18 +82,31 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
         raise ValueError(f"weight_dtype={weight_dtype!r} must be one of {', '.join(FLOAT_FORMATS)} "
                          "(quantized formats: quantize=...)")
     storage(cache_dtype)                                                       # refuse a bad value before work
-    folder = resolve_model_path(os.path.expanduser(str(path_or_repo_id)))
-    cfg = load_config(folder)
-    family = FAMILIES[cfg.model_type]
+    path = os.path.expanduser(str(path_or_repo_id))
     ops = get_backend(backend, **backend_options)
-    specs = family.tensor_specs(cfg)
+    if path.endswith(".gguf") and os.path.isfile(path):
+        cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress)
+    else:
+        path = resolve_model_path(path)
+        cfg, weights, files = load_safetensors_weights(path, ops, weight_dtype, quantize, mode, mmap, progress)
+    model = FAMILIES[cfg.model_type](cfg, weights, ops)
+    model.path = path
+    model.cache_dtype = cache_dtype
+    if mmap:
+        model.mapped_files = {f: file_identity(f) for f in files}
+    return model
+
+
+def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress):
+    """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
+    cfg = load_config(folder)
+    specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
     stored = validate_weights(cfg, specs, read_checkpoint(folder), folder)    # located, nothing read yet
-    tied = cfg.tie_word_embeddings and "lm_head.weight" in specs
     weights = {}
     with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
         for name, tensor in stored.items():
             kind = specs[name].kind
-            if name == "lm_head.weight" and tied:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
             elif kind in MATRIX_KINDS:
                 format = quantize if (kind == "linear" and quantize) else weight_dtype
@@ -98,10 +114,31 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
             else:
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
-            bar.set_postfix_str(name, refresh=False)
-    model = family(cfg, weights, ops)
-    model.path = folder
-    model.cache_dtype = cache_dtype
-    if mmap:
-        model.mapped_files = {t.path: file_identity(t.path) for t in stored.values()}
-    return model
+    return cfg, weights, sorted({t.path for t in stored.values()})
+
+
+def load_gguf_weights(path: str, ops, quantize, mode, progress):
+    """-> (config, {name: weight or array}, [path]) of a GGUF file, its blocks used as stored."""
+    reader = open_gguf(path)
+    cfg = parse_config(gguf_config(reader), source=f"{path} (GGUF metadata)")
+    specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
+    tensors = gguf_tensors(reader, cfg)
+    weights, notices = {}, {}
+    with progress_bar(len(tensors), "loading weights", enabled=progress) as bar:
+        for name, tensor in tensors.items():
+            kind = specs[name].kind
+            if kind not in MATRIX_KINDS:
+                weights[name] = ops.asarray(decoded(tensor))
+            else:
+                weight, notice = gguf_weight(tensor, mode)
+                if kind == "linear" and quantize and weight.format != quantize:
+                    weight, notice = encode(weight.dequantize(), quantize, mode), None
+                weights[name] = ops.prepare_weight(weight)
+                if notice:
+                    notices[notice] = notices.get(notice, 0) + 1
+            bar.update(1)
+    if "lm_head.weight" not in weights:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]       # tied: one matrix in memory
+    for notice, count in notices.items():
+        warnings.warn(f"{path}: {count} tensors have no native kernel: {notice}", stacklevel=3)
+    return cfg, weights, [path]

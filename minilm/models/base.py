@@ -48,6 +48,12 @@ class TensorSpec(NamedTuple):
 MATRIX_KINDS = ("linear", "head", "embedding")
 
 
+def shortest_float32(value: float) -> float:
+    """GGUF stores float32: 1e-5 arrives as 9.999999747378752e-06; its shortest float32 spelling
+    (1e-05) is what the original config said and is the same float32 number."""
+    return float(str(np.float32(value)))
+
+
 class DecoderModel:
     """The decoder every family shares; a family module subclasses it and states its facts:
 
@@ -58,6 +64,7 @@ class DecoderModel:
     family_config()   family-only config fields (logit_scale, qk-norm, layer types, ...)
     layer_tensors()   the family's per-layer tensors, beside the shared ones
     norm(), decoder_layer(), qk_norm(), layer_uses_rope(), layer_window(): the block itself
+    gguf_architecture, gguf_config(), gguf_permuted_heads(): how llama.cpp's GGUF files store it
     """
     model_type = "base"
     mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
@@ -111,6 +118,19 @@ class DecoderModel:
 
     @classmethod
     def layer_tensors(cls, config, i: int) -> dict[str, TensorSpec]:
+        return {}
+
+    # --- GGUF (llama.cpp) facts: minilm/gguf_file.py reads them ----------------
+    gguf_architecture: str | None = None   # general.architecture of the family's GGUF files
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names: set) -> dict:
+        """Family-only config.json entries from GGUF metadata (key(name, default) reads `{arch}.{name}`)."""
+        return {}
+
+    @classmethod
+    def gguf_permuted_heads(cls, config) -> dict[str, int]:
+        """{projection: heads} whose rows llama.cpp's converter permuted (undone at load)."""
         return {}
 
     @classmethod

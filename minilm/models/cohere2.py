@@ -33,6 +33,20 @@ class Cohere2Model(CohereModel):
         return {"mlp_bias": False, "logit_scale": float(cfg["logit_scale"]), "use_qk_norm": False,
                 "sliding_window": window, "layer_types": tuple(types)}
 
+    gguf_architecture = "cohere2"
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names):
+        # llama.cpp: a per-layer bool list (True = sliding) when written, else every 4th layer global.
+        pattern = key("attention.sliding_window_pattern", None)
+        config = {"logit_scale": shortest_float32(key("logit_scale")),
+                  "sliding_window": key("attention.sliding_window")}
+        if isinstance(pattern, list):
+            config["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            config["sliding_window_pattern"] = pattern or 4
+        return config
+
     @classmethod
     def layer_uses_rope(cls, config, i):
         # Global (full_attention) layers see unrotated q and k.

@@ -1,0 +1,227 @@
+"""GGUF files (llama.cpp's format) read as they are stored: config, tensors and quantized blocks.
+
+    config = gguf_config(reader)                        # the HF config.json dict the metadata describes
+    tensors = gguf_tensors(reader, parse_config(config)) # {HF name: GGUFTensor}, checked against the family
+
+A GGUF holds metadata (`{arch}.embedding_length`, `tokenizer.ggml.tokens`, ...)
+and tensors under llama.cpp's names (`blk.3.attn_q.weight`); gguf-py, the
+library that comes with llama.cpp, reads both and knows each architecture's
+name map. The families minilm runs, with their llama.cpp architecture names:
+
+    llama     "llama"      q_proj / k_proj rows permuted by llama.cpp's converter (undone here)
+    cohere    "command-r"  interleaved RoPE already matches llama.cpp's: no permutation
+    cohere2   "cohere2"    sliding window in `cohere2.attention.sliding_window`; every 4th layer global
+
+Q8_0, Q4_0 and Q4_1 tensors become `formats.Weight`s whose blocks are a view of
+the file (no copy; a memory map). F32 and BF16 matrices are used as stored too.
+Other types (F16, the K-quants, ...) have no native kernel: they are decoded by
+gguf-py, exactly, and stored as float32 (F16) or re-quantized to q8_0
+(K-quants: 8 bits per weight hold more than their 2-6), with a notice.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import WeightsError
+from .formats import Weight, quantize
+from .models import FAMILIES
+from .models.base import shortest_float32
+
+GGUF_MAGIC = b"GGUF"
+NATIVE_BLOCKS = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}   # GGUF type -> Weight format, as stored
+
+
+class GGUFError(WeightsError):
+    """A GGUF file minilm cannot read or run: names the file and the key or tensor."""
+
+
+def family_for_architecture(arch) -> type:
+    for family in FAMILIES.values():
+        if getattr(family, "gguf_architecture", None) == arch:
+            return family
+    known = ", ".join(f.gguf_architecture for f in FAMILIES.values() if getattr(f, "gguf_architecture", None))
+    raise GGUFError(f"unsupported GGUF architecture {arch!r} (supported: {known})")
+
+
+def open_gguf(path: str):
+    """A gguf.GGUFReader, after checking the file exists and starts with the GGUF magic."""
+    import gguf
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise GGUFError(f"{path}: GGUF file not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:                        # gguf-py raises anything on a damaged file
+        raise GGUFError(f"{path}: unreadable GGUF ({type(e).__name__}: {str(e)[:120]})") from None
+    reader.path = path
+    return reader
+
+
+def read_metadata(reader) -> dict:
+    """{key: python value} for every metadata field (arrays become lists)."""
+    try:
+        return {key: field.contents() for key, field in reader.fields.items()}
+    except Exception as e:
+        raise GGUFError(f"{reader.path}: unreadable GGUF metadata ({type(e).__name__})") from None
+
+
+def metadata_getter(metadata: dict, prefix: str, path: str):
+    """key(name, default) -> metadata[f"{prefix}.{name}"]; a missing key without default names itself."""
+    missing = object()
+
+    def key(name, default=missing):
+        full = f"{prefix}.{name}"
+        if full in metadata:
+            return metadata[full]
+        if default is missing:
+            raise GGUFError(f"{path}: GGUF metadata lacks required key {full!r}")
+        return default
+    return key
+
+
+def gguf_config(reader) -> dict:
+    """The HF config.json dict that a GGUF's metadata describes (any supported architecture)."""
+    metadata = read_metadata(reader)
+    arch = metadata.get("general.architecture")
+    family = family_for_architecture(arch)
+    key = metadata_getter(metadata, arch, reader.path)
+    names = {t.name for t in reader.tensors}
+    hidden, heads = key("embedding_length"), key("attention.head_count")
+    config = {
+        "architectures": [family.__name__.replace("Model", "ForCausalLM")],
+        "model_type": family.model_type,
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length"),
+        "num_hidden_layers": key("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": key("attention.head_count_kv", heads),
+        "head_dim": key("attention.key_length", None) or key("rope.dimension_count", None) or hidden // heads,
+        "max_position_embeddings": key("context_length"),
+        "rope_parameters": rope_parameters(key),
+        "vocab_size": key("vocab_size", None) or len(metadata.get("tokenizer.ggml.tokens") or []),
+        "hidden_act": "silu",
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        # llama.cpp writes output.weight only when the LM head is not the embedding matrix.
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
+        "dtype": "float32",
+    }
+    eps = key("attention.layer_norm_rms_epsilon", None) or key("attention.layer_norm_epsilon", None)
+    if eps is not None:
+        config[family.norm_eps_key] = shortest_float32(eps)
+    config.update(family.gguf_config(key, names))
+    return config
+
+
+def rope_parameters(key) -> dict:
+    theta = shortest_float32(key("rope.freq_base", 10000.0))
+    scaling = key("rope.scaling.type", "none")
+    if scaling == "none":
+        return {"rope_type": "default", "rope_theta": theta}
+    if scaling == "linear":
+        return {"rope_type": "linear", "rope_theta": theta, "factor": shortest_float32(key("rope.scaling.factor"))}
+    raise GGUFError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata (supported: none, linear)")
+
+
+@dataclass
+class GGUFTensor:
+    """One tensor of the file under its HF name, with its llama.cpp name, type and raw data."""
+    hf_name: str
+    gguf_name: str
+    type_name: str          # "Q4_1", "F32", ...
+    shape: tuple            # HF layout: [OUT, IN] or [D]
+    raw: np.ndarray         # the file's bytes (a memory map)
+    permute_heads: int | None = None   # q/k rows to un-permute (llama)
+
+
+def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
+    """{HF name: GGUFTensor} for every tensor the family expects; errors name the missing tensor."""
+    import gguf
+    family = FAMILIES[config.model_type]
+    arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == family.gguf_architecture)
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    stored = {t.name: t for t in reader.tensors}
+    heads = family.gguf_permuted_heads(config)
+    tensors = {}
+    for hf_name, spec in family.tensor_specs(config).items():
+        base, suffix = hf_name.rsplit(".", 1)
+        gguf_name = f"{name_map.get_name(base) or base}.{suffix}"
+        if gguf_name not in stored:
+            if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+                continue                                   # tied: the embedding is the head
+            raise GGUFError(f"{reader.path}: missing tensor {gguf_name!r} ({hf_name}, shape {list(spec.shape)})")
+        t = stored.pop(gguf_name)
+        shape = tuple(int(n) for n in reversed(t.shape))   # GGUF lists dims fastest first
+        if shape != spec.shape:
+            raise GGUFError(f"{reader.path}: tensor {gguf_name!r} has shape {list(shape)}, expected "
+                            f"{list(spec.shape)} from its metadata")
+        projection = base.rsplit(".", 1)[-1]
+        tensors[hf_name] = GGUFTensor(hf_name, gguf_name, t.tensor_type.name, shape, np.asarray(t.data),
+                                      heads.get(projection))
+    extra = [n for n in stored if n != "rope_freqs.weight"]
+    if extra:
+        raise GGUFError(f"{reader.path}: unexpected tensor {extra[0]!r}"
+                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    if "rope_freqs.weight" in stored:
+        raise GGUFError(f"{reader.path}: tensor 'rope_freqs.weight' (Llama 3.1-style scaled RoPE) is not supported")
+    return tensors
+
+
+def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (its `permute`; transformers' `reverse_permute_weights`).
+
+    Within each head llama.cpp stores rows as [r0, r_{d/2}, r1, r_{d/2+1}, ...] so its
+    adjacent-pair RoPE sees the pairs HF rotates; we restore [r0 .. r_{d/2-1}, r_{d/2} .. r_{d-1}].
+    Works on float rows and on rows of quantized blocks alike (rows are independent).
+    """
+    half = weight.shape[0] // n_heads // 2
+    rows = weight.reshape(n_heads, half, 2, *weight.shape[1:])  # [H*d, ...] -> [H, d/2, 2, ...]
+    return np.ascontiguousarray(rows.swapaxes(1, 2).reshape(weight.shape))  # -> [H, 2, d/2, ...]
+
+
+def decoded(tensor: GGUFTensor) -> np.ndarray:
+    """The tensor as float32 in HF layout, decoded by gguf-py (the reference transformers uses too)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    try:
+        values = dequantize(tensor.raw, GGMLQuantizationType[tensor.type_name])
+    except NotImplementedError:
+        raise GGUFError(f"tensor {tensor.gguf_name!r} has GGUF type {tensor.type_name}, which gguf-py "
+                        "cannot decode") from None
+    values = np.asarray(values, dtype=np.float32).reshape(tensor.shape)
+    if tensor.permute_heads:
+        values = unpermute_rope_rows(values, tensor.permute_heads)
+    if not np.isfinite(values).all():
+        raise GGUFError(f"tensor {tensor.gguf_name!r} contains NaN or Inf")
+    return values
+
+
+def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
+    """A matrix as a Weight: blocks as stored where a kernel runs them; else decoded (and a notice)."""
+    if tensor.type_name in NATIVE_BLOCKS:
+        fmt = NATIVE_BLOCKS[tensor.type_name]
+        rows = tensor.raw.reshape(tensor.shape[0], tensor.shape[1] // 32, -1)   # [OUT, IN/32, block bytes]
+        if tensor.permute_heads:
+            rows = unpermute_rope_rows(rows, tensor.permute_heads)              # a copy of q/k only
+        return Weight(fmt, tensor.shape, {"blocks": rows}, mode), None
+    if tensor.type_name == "F32":
+        data = tensor.raw.view(np.float32).reshape(tensor.shape)
+        data = unpermute_rope_rows(data, tensor.permute_heads) if tensor.permute_heads else data
+        return Weight("float32", tensor.shape, {"data": data}), None
+    if tensor.type_name == "BF16":
+        data = tensor.raw.view(np.uint16).reshape(tensor.shape)
+        data = unpermute_rope_rows(data, tensor.permute_heads) if tensor.permute_heads else data
+        return Weight("bfloat16", tensor.shape, {"data": data}), None
+    values = decoded(tensor)
+    if tensor.type_name == "F16":
+        return Weight("float32", tensor.shape, {"data": values}), "F16 -> float32 (exact)"
+    return quantize(values, "q8_0", mode), f"{tensor.type_name} -> q8_0 (re-quantized from the exact values)"
