@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import bench, masks, parity
+from . import bench, masks, parity, testing
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
@@ -207,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, sampling=False)
     p.set_defaults(func=cmd_perplexity)
 
-    for module, help_text in [(bench, "speed against transformers"),
-                              (parity, "layer-by-layer error against transformers"),
-                              (masks, "draw attention masks")]:
-        p = sub.add_parser(module.__name__.rsplit(".", 1)[-1], help=help_text)
+    for name, module, help_text in [("bench", bench, "speed against transformers"),
+                                    ("parity", parity, "layer-by-layer error against transformers"),
+                                    ("masks", masks, "draw attention masks"),
+                                    ("random-checkpoint", testing, "write a random-weight checkpoint of a real "
+                                                                   "config, one tensor at a time")]:
+        p = sub.add_parser(name, help=help_text)
         module.add_arguments(p)
         p.set_defaults(func=module.main)
     return parser

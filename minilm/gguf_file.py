@@ -225,3 +225,102 @@ def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
     if tensor.type_name == "F16":
         return Weight("float32", tensor.shape, {"data": values}), "F16 -> float32 (exact)"
     return quantize(values, "q8_0", mode), f"{tensor.type_name} -> q8_0 (re-quantized from the exact values)"
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+GGUF_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "float32": "F32", "bfloat16": "BF16"}
+
+
+def permute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's converter `permute`: the inverse of unpermute_rope_rows (to write llama GGUFs)."""
+    half = weight.shape[0] // n_heads // 2
+    rows = weight.reshape(n_heads, 2, half, *weight.shape[1:])
+    return np.ascontiguousarray(rows.swapaxes(1, 2).reshape(weight.shape))
+
+
+def gguf_metadata(config, vocab_size: int) -> dict:
+    """{key: value} describing `config` (a ModelConfig) the way llama.cpp's converter writes it."""
+    family = FAMILIES[config.model_type]
+    arch = family.gguf_architecture
+    meta = {"general.architecture": arch, "general.name": f"minilm {config.model_type}",
+            f"{arch}.block_count": config.num_hidden_layers,
+            f"{arch}.context_length": config.max_position_embeddings,
+            f"{arch}.embedding_length": config.hidden_size,
+            f"{arch}.feed_forward_length": config.intermediate_size,
+            f"{arch}.attention.head_count": config.num_attention_heads,
+            f"{arch}.attention.head_count_kv": config.num_key_value_heads,
+            f"{arch}.attention.key_length": config.head_dim, f"{arch}.attention.value_length": config.head_dim,
+            f"{arch}.rope.dimension_count": config.head_dim,
+            f"{arch}.rope.freq_base": float(config.rope_parameters["rope_theta"]),
+            f"{arch}.vocab_size": vocab_size}
+    eps_key = "layer_norm_rms_epsilon" if family.norm_eps_key == "rms_norm_eps" else "layer_norm_epsilon"
+    meta[f"{arch}.attention.{eps_key}"] = float(config.norm_eps)
+    meta.update({f"{arch}.{k}": v for k, v in family.gguf_metadata(config).items()})
+    # A placeholder vocabulary, so llama.cpp can open the file too (minilm reads ids, not text).
+    meta.update({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [f"<t{i}>" for i in range(vocab_size)],
+                 "tokenizer.ggml.scores": [0.0] * vocab_size,
+                 "tokenizer.ggml.token_type": [2, 3, 3] + [1] * (vocab_size - 3)})
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config, name)
+        if isinstance(value, int):
+            meta[f"tokenizer.ggml.{name.replace('pad_', 'padding_')}"] = value
+    return meta
+
+
+def _add_value(writer, key: str, value) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, list):
+        writer.add_array(key, value)
+    else:
+        raise TypeError(f"GGUF metadata {key}: cannot write {type(value).__name__}")
+
+
+def write_gguf(path: str, config, tensors: dict, progress: bool = False) -> str:
+    """Write a GGUF file of `config` (a ModelConfig) from {HF name: (format, shape, make)} where make()
+    returns the tensor's stored array (quantized formats: the block bytes, q/k rows in HF order; the
+    llama permutation is applied here). Tensors are made and written one at a time, in the given order."""
+    import gguf
+    from .progress import progress_bar
+    family = FAMILIES[config.model_type]
+    arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == family.gguf_architecture)
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    heads = family.gguf_permuted_heads(config)
+    writer = gguf.GGUFWriter(path, family.gguf_architecture)
+    for key, value in gguf_metadata(config, config.vocab_size).items():
+        if key != "general.architecture":
+            _add_value(writer, key, value)
+    order = []
+    for hf_name, (fmt, shape, make) in tensors.items():
+        base, suffix = hf_name.rsplit(".", 1)
+        gguf_name = f"{name_map.get_name(base)}.{suffix}"
+        nbytes = stored_nbytes(fmt, shape)
+        writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType[GGUF_TYPES[fmt]])
+        order.append((hf_name, make, heads.get(base.rsplit(".", 1)[-1])))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    with progress_bar(len(order), f"writing {os.path.basename(path)}", enabled=progress) as bar:
+        for hf_name, make, permute_heads in order:
+            data = make()
+            writer.write_tensor_data(permute_rope_rows(data, permute_heads) if permute_heads else data)
+            bar.update(1)
+    writer.close()
+    return path
+
+
+def stored_nbytes(fmt: str, shape: tuple) -> int:
+    """Bytes of a tensor in a GGUF storage format."""
+    count = int(np.prod(shape, dtype=np.int64))
+    per_block = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+    if fmt in per_block:
+        return count // 32 * per_block[fmt]
+    return count * {"float32": 4, "bfloat16": 2}[fmt]

@@ -129,6 +129,11 @@ class DecoderModel:
         return {}
 
     @classmethod
+    def gguf_metadata(cls, config) -> dict:
+        """The inverse of gguf_config: family-only `{arch}.*` entries a writer stores."""
+        return {}
+
+    @classmethod
     def gguf_permuted_heads(cls, config) -> dict[str, int]:
         """{projection: heads} whose rows llama.cpp's converter permuted (undone at load)."""
         return {}

@@ -37,6 +37,10 @@ class CohereModel(DecoderModel):
         return {"logit_scale": shortest_float32(key("logit_scale")),
                 "use_qk_norm": "blk.0.attn_q_norm.weight" in tensor_names}
 
+    @classmethod
+    def gguf_metadata(cls, config):
+        return {"logit_scale": float(config.logit_scale)}
+
     def norm(self, x, weight):
         return self.backend.layer_norm(x, weight, self.config.norm_eps)
 

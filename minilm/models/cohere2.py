@@ -3,6 +3,7 @@ sliding-window attention with RoPE and global attention with no positional
 encoding at all (NoPE). No qk-norm.
 """
 from ..errors import ConfigError, check_positive_int
+from .base import shortest_float32
 from .cohere import CohereModel
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -46,6 +47,11 @@ class Cohere2Model(CohereModel):
         else:
             config["sliding_window_pattern"] = pattern or 4
         return config
+
+    @classmethod
+    def gguf_metadata(cls, config):
+        return {"logit_scale": float(config.logit_scale), "attention.sliding_window": config.sliding_window,
+                "attention.sliding_window_pattern": [t == "sliding_attention" for t in config.layer_types]}
 
     @classmethod
     def layer_uses_rope(cls, config, i):
