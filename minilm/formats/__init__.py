@@ -138,4 +138,4 @@ def as_weight(array_or_weight, format: str = "float32") -> Weight:
 
 
 from . import bfloat16, dense  # noqa: E402,F401  (register the dense formats)
-from . import ggml, torchao  # noqa: E402,F401  (register the quantized formats)
+from . import bnb, ggml, torchao  # noqa: E402,F401  (register the quantized formats)
