@@ -21,6 +21,7 @@ gguf-py, exactly, and stored as float32 (F16) or re-quantized to q8_0
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,30 +47,133 @@ def family_for_architecture(arch) -> type:
     raise GGUFError(f"unsupported GGUF architecture {arch!r} (supported: {known})")
 
 
-def open_gguf(path: str):
-    """A gguf.GGUFReader, after checking the file exists and starts with the GGUF magic."""
-    import gguf
+class GGUFFile:
+    """A GGUF file's metadata and tensor table, parsed by hand; tensor data stays in the file.
+
+    Why not gguf-py's GGUFReader (used elsewhere for its type tables and name maps): it builds a
+    NumPy view for every element of every array, so SmolLM2's 49,152-token vocabulary takes it
+    10-15 s to parse where this loop takes a fraction of a second. Every count and offset is
+    checked against the file's size before it is used.
+
+        u32 magic "GGUF" | u32 version | u64 tensor count | u64 metadata count
+        metadata: string key | u32 type | value          (type 9: u32 item type, u64 count, items)
+        tensors:  string name | u32 dims | u64 dims[..] (fastest first) | u32 ggml type | u64 offset
+        data:     aligned to general.alignment (32), each tensor at data start + offset
+    """
+
+    SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+               12: "<d"}
+
+    def __init__(self, path: str):
+        self.path = path
+        self.size = os.path.getsize(path)
+        self.file = open(path, "rb")
+        self.buffer, self.pos = b"", 0           # the header is read as far as parsing needs it
+        try:
+            self._parse()
+        finally:
+            self.file.close()
+
+    def _parse(self) -> None:
+        path = self.path
+        if self._take(4) != GGUF_MAGIC:
+            raise GGUFError(f"{path}: not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+        version, n_tensors, n_meta = self._scalar("<I"), self._scalar("<Q"), self._scalar("<Q")
+        if version not in (2, 3):
+            raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+        self._check_count(n_tensors + n_meta, 8, "entries")
+        self.metadata = {}
+        for _ in range(n_meta):
+            key = self._string()
+            self.metadata[key] = self._value(self._scalar("<I"), key)
+        self.tensors = dict(self._tensor_info() for _ in range(n_tensors))
+        alignment = self.metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0:
+            raise GGUFError(f"{path}: general.alignment={alignment!r} must be a positive integer")
+        self.data_start = -(-self.pos // alignment) * alignment
+        for name, (type_name, shape, offset, nbytes) in self.tensors.items():
+            if self.data_start + offset + nbytes > self.size:
+                raise GGUFError(f"{path}: truncated file: tensor {name!r} ends past the end of the file")
+
+    def data(self, name: str) -> np.ndarray:
+        """The tensor's bytes as a read-only memory map (uint8 [rows, bytes per row])."""
+        type_name, shape, offset, nbytes = self.tensors[name]
+        rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        if nbytes == 0:
+            return np.zeros((rows, 0), dtype=np.uint8)
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.data_start + offset, shape=(nbytes,))
+        return np.asarray(mapped).reshape(rows, nbytes // rows)
+
+    # --- parsing helpers ---------------------------------------------------------------------------
+    def _take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buffer):
+            if self.pos + n > self.size:
+                raise GGUFError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n} of {self.size})")
+            more = max(self.pos + n - len(self.buffer), len(self.buffer), 1 << 20)
+            self.buffer += self.file.read(more)
+        chunk = self.buffer[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def _scalar(self, fmt: str):
+        return struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
+
+    def _string(self) -> str:
+        length = self._scalar("<Q")
+        self._check_count(length, 1, "string bytes")
+        try:
+            return self._take(length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFError(f"{self.path}: a GGUF string at byte {self.pos} is not UTF-8") from None
+
+    def _check_count(self, count: int, item_bytes: int, what: str) -> None:
+        if count * item_bytes > self.size - self.pos:
+            raise GGUFError(f"{self.path}: corrupt GGUF header ({count} {what} cannot fit in the file)")
+
+    def _value(self, kind: int, key: str):
+        if kind in self.SCALARS:
+            return self._scalar(self.SCALARS[kind])
+        if kind == 8:
+            return self._string()
+        if kind == 9:
+            item_kind, count = self._scalar("<I"), self._scalar("<Q")
+            if item_kind in self.SCALARS:
+                fmt = self.SCALARS[item_kind]
+                self._check_count(count, struct.calcsize(fmt), f"items of {key}")
+                return np.frombuffer(self._take(count * struct.calcsize(fmt)), dtype=np.dtype(fmt)).tolist()
+            if item_kind == 9:
+                raise GGUFError(f"{self.path}: metadata {key!r} nests arrays, which GGUF files do not")
+            self._check_count(count, 8, f"items of {key}")
+            return [self._value(item_kind, key) for _ in range(count)]
+        raise GGUFError(f"{self.path}: metadata {key!r} has unknown GGUF value type {kind}")
+
+    def _tensor_info(self) -> tuple:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+        name = self._string()
+        n_dims = self._scalar("<I")
+        if n_dims > 4:
+            raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (at most 4)")
+        dims = [self._scalar("<Q") for _ in range(n_dims)]
+        kind, offset = self._scalar("<I"), self._scalar("<Q")
+        try:
+            ggml_type = GGMLQuantizationType(kind)
+        except ValueError:
+            raise GGUFError(f"{self.path}: tensor {name!r} has unknown GGML type {kind}") from None
+        block, type_size = GGML_QUANT_SIZES[ggml_type]
+        count = 1
+        for n in dims:
+            count *= n
+        if count > self.size * 8 or (dims and dims[0] % block):
+            raise GGUFError(f"{self.path}: tensor {name!r} has impossible dimensions {dims} for {ggml_type.name}")
+        shape = tuple(int(n) for n in reversed(dims))                 # row-major: slowest first
+        return name, (ggml_type.name, shape, offset, count // block * type_size)
+
+
+def open_gguf(path: str) -> GGUFFile:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise GGUFError(f"{path}: GGUF file not found")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:                        # gguf-py raises anything on a damaged file
-        raise GGUFError(f"{path}: unreadable GGUF ({type(e).__name__}: {str(e)[:120]})") from None
-    reader.path = path
-    return reader
-
-
-def read_metadata(reader) -> dict:
-    """{key: python value} for every metadata field (arrays become lists)."""
-    try:
-        return {key: field.contents() for key, field in reader.fields.items()}
-    except Exception as e:
-        raise GGUFError(f"{reader.path}: unreadable GGUF metadata ({type(e).__name__})") from None
+    return GGUFFile(path)
 
 
 def metadata_getter(metadata: dict, prefix: str, path: str):
@@ -88,11 +192,11 @@ def metadata_getter(metadata: dict, prefix: str, path: str):
 
 def gguf_config(reader) -> dict:
     """The HF config.json dict that a GGUF's metadata describes (any supported architecture)."""
-    metadata = read_metadata(reader)
+    metadata = reader.metadata
     arch = metadata.get("general.architecture")
     family = family_for_architecture(arch)
     key = metadata_getter(metadata, arch, reader.path)
-    names = {t.name for t in reader.tensors}
+    names = set(reader.tensors)
     hidden, heads = key("embedding_length"), key("attention.head_count")
     config = {
         "architectures": [family.__name__.replace("Model", "ForCausalLM")],
@@ -149,7 +253,7 @@ def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
     family = FAMILIES[config.model_type]
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == family.gguf_architecture)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    stored = {t.name: t for t in reader.tensors}
+    stored = dict(reader.tensors)
     heads = family.gguf_permuted_heads(config)
     tensors = {}
     for hf_name, spec in family.tensor_specs(config).items():
@@ -159,13 +263,12 @@ def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
             if hf_name == "lm_head.weight" and config.tie_word_embeddings:
                 continue                                   # tied: the embedding is the head
             raise GGUFError(f"{reader.path}: missing tensor {gguf_name!r} ({hf_name}, shape {list(spec.shape)})")
-        t = stored.pop(gguf_name)
-        shape = tuple(int(n) for n in reversed(t.shape))   # GGUF lists dims fastest first
+        type_name, shape, _, _ = stored.pop(gguf_name)
         if shape != spec.shape:
             raise GGUFError(f"{reader.path}: tensor {gguf_name!r} has shape {list(shape)}, expected "
                             f"{list(spec.shape)} from its metadata")
         projection = base.rsplit(".", 1)[-1]
-        tensors[hf_name] = GGUFTensor(hf_name, gguf_name, t.tensor_type.name, shape, np.asarray(t.data),
+        tensors[hf_name] = GGUFTensor(hf_name, gguf_name, type_name, shape, reader.data(gguf_name),
                                       heads.get(projection))
     extra = [n for n in stored if n != "rope_freqs.weight"]
     if extra:
