@@ -14,7 +14,7 @@ from .backends import get_backend
 from .cache import storage
 from .config import ModelConfig, load_config, parse_config
 from .errors import WeightsError
-from .formats import Weight, quantize as encode
+from .formats import Weight, get_format, quantize as encode
 from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
@@ -48,7 +48,7 @@ def validate_weights(cfg: ModelConfig, specs: dict[str, TensorSpec], tensors: di
     return {n: tensors[n] for n in specs}
 
 
-def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool) -> Weight:
+def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool, options: dict | None = None) -> Weight:
     """One matrix from the checkpoint in `format`. Stored in that format already: used in place from a
     read-only memory map (mmap=True: nothing is read now, so nothing is checked for NaN either) or
     copied and checked. Otherwise widened to float32 and encoded (quantized here, one tensor at a time)."""
@@ -58,12 +58,19 @@ def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool) -> W
         values = stored.read()
         check_finite(stored, values)
         return Weight(format, values.shape, {"data": values}, mode)
-    return encode(to_float32(stored, stored.read()), format, mode)
+    return encode(to_float32(stored, stored.read()), format, mode, **(options or {}))
+
+
+def mode_for(ops, format: str, mode: str) -> str:
+    """mode="auto": fast where the backend has a fast kernel for the format, else exact."""
+    if mode != "auto":
+        return mode
+    return "fast" if ops.supports(format, "fast") else "exact"
 
 
 def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
          mode: str = "exact", mmap: bool = True, cache_dtype: str = "float32", progress: bool = True,
-         **backend_options):
+         quantize_options: dict | None = None, **backend_options):
     """Load a checkpoint (folder, hub id or .gguf file) of any registered family onto a backend.
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
@@ -71,7 +78,11 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     quantize: a format of minilm.formats (e.g. "q4_1", "int4", "nf4") for the decoder's linear layers;
         the embedding and the head stay in weight_dtype, as bitsandbytes and torchao leave them.
         A .gguf file's tensors are used in their stored format (Q8_0/Q4_0/Q4_1 blocks as they are).
-    mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats.
+        A layer whose row length the format cannot divide (e.g. int4's group of 128 and a width of 576)
+        stays in weight_dtype, as torchao skips it, with a warning.
+    quantize_options: the format's encode options, e.g. {"group_size": 64} for int4.
+    mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats;
+        "auto": fast where the backend has a fast kernel for the format, exact elsewhere.
     mmap: matrices already stored in their target format are used in place from a read-only memory map
         (load time is the header parse; the pages are shared with the page cache and other processes).
         The model then checks before every forward that the files are unchanged on disk. mmap=False
@@ -82,13 +93,16 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
         raise ValueError(f"weight_dtype={weight_dtype!r} must be one of {', '.join(FLOAT_FORMATS)} "
                          "(quantized formats: quantize=...)")
     storage(cache_dtype)                                                       # refuse a bad value before work
+    if mode not in ("exact", "fast", "auto"):
+        raise ValueError(f"mode={mode!r} must be 'exact', 'fast' or 'auto'")
     path = os.path.expanduser(str(path_or_repo_id))
     ops = get_backend(backend, **backend_options)
     if path.endswith(".gguf") and os.path.isfile(path):
         cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress)
     else:
         path = resolve_model_path(path)
-        cfg, weights, files = load_safetensors_weights(path, ops, weight_dtype, quantize, mode, mmap, progress)
+        cfg, weights, files = load_safetensors_weights(path, ops, weight_dtype, quantize, mode, mmap, progress,
+                                                       quantize_options)
     model = FAMILIES[cfg.model_type](cfg, weights, ops)
     model.path = path
     model.cache_dtype = cache_dtype
@@ -97,24 +111,37 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     return model
 
 
-def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress):
+def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
     """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
     cfg = load_config(folder)
     specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
     stored = validate_weights(cfg, specs, read_checkpoint(folder), folder)    # located, nothing read yet
-    weights = {}
+    weights, kept = {}, []
     with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
         for name, tensor in stored.items():
             kind = specs[name].kind
             if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
+            elif kind == "linear" and quantize:
+                weights[name] = ops.prepare_weight(quantized(tensor, quantize, options, weight_dtype, kept, ops, mode))
             elif kind in MATRIX_KINDS:
-                format = quantize if (kind == "linear" and quantize) else weight_dtype
-                weights[name] = ops.prepare_weight(stored_weight(tensor, format, mode, mmap))
+                weights[name] = ops.prepare_weight(stored_weight(tensor, weight_dtype, mode_for(ops, weight_dtype, mode),
+                                                                 mmap))
             else:
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
+    if kept:
+        warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
+                      f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
     return cfg, weights, sorted({t.path for t in stored.values()})
+
+
+def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:
+    """A linear layer in the quantized format, or kept in weight_dtype when the format cannot divide its rows."""
+    if tensor.shape[1] % get_format(fmt).row_multiple(options):
+        kept.append(tensor.name)
+        return stored_weight(tensor, weight_dtype, mode_for(ops, weight_dtype, mode), mmap=False)
+    return stored_weight(tensor, fmt, mode_for(ops, fmt, mode), False, options)
 
 
 def load_gguf_weights(path: str, ops, quantize, mode, progress):
@@ -130,9 +157,10 @@ def load_gguf_weights(path: str, ops, quantize, mode, progress):
             if kind not in MATRIX_KINDS:
                 weights[name] = ops.asarray(decoded(tensor))
             else:
-                weight, notice = gguf_weight(tensor, mode)
+                weight, notice = gguf_weight(tensor, "exact")
                 if kind == "linear" and quantize and weight.format != quantize:
-                    weight, notice = encode(weight.dequantize(), quantize, mode), None
+                    weight, notice = encode(weight.dequantize(), quantize), None
+                weight = weight.with_mode(mode_for(ops, weight.format, mode))
                 weights[name] = ops.prepare_weight(weight)
                 if notice:
                     notices[notice] = notices.get(notice, 0) + 1

@@ -124,4 +124,5 @@ def fast_int4(x2, weight):
 register(Format("int8", encode_int8, decode_int8, block=1, bits=8.0, fast=fast_int8,
                 description="torchao Int8WeightOnlyConfig: int8 codes, one float32 scale per row"))
 register(Format("int4", encode_int4, decode_int4, block=QK, bits=4.25, fast=fast_int4, options=("group_size",),
+                defaults={"group_size": 128},
                 description="torchao Int4WeightOnlyConfig: 4-bit codes per group with bf16 scale and zero"))
