@@ -24,7 +24,7 @@ LAYERS = [
     ["minilm.default_model"],
     ["minilm.resolve"],
     ["minilm.loading"],
-    ["minilm", "minilm.testing"],
+    ["minilm", "minilm.testing", "minilm.evaluate"],
     ["minilm.masks", "minilm.parity", "minilm.bench"],
     ["minilm.cli"],
 ]

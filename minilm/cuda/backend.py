@@ -91,6 +91,9 @@ class CudaBackend:
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array) if self.emulated else self.xp.asnumpy(array)
 
+    def threads(self, count=None):
+        return 1                            # the GPU (or the harness's own workers) needs no tuning here
+
     def supports(self, format, mode):
         return format in DENSE_FORMATS       # dense weights have no activation quantization: either mode
 

@@ -37,6 +37,13 @@ def prepare_weight(weight: Weight) -> Weight:
     return weight.with_arrays(**arrays)
 
 
+def threads(count=None):
+    """Numba's thread count for the kernels launched from this thread (cheap to change per step)."""
+    if count is not None:
+        numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
+    return numba.get_num_threads()
+
+
 def numba_backend(num_threads: int | None = None):
     """num_threads: Numba threads (default: all cores)."""
     if num_threads is not None:
@@ -55,6 +62,7 @@ def numba_backend(num_threads: int | None = None):
         top_p_filter=numba_sampling.top_p_filter,
         asarray=host_array,
         to_numpy=host_array,
+        threads=threads,
         supports=supports,
         prepare_weight=prepare_weight,
     ))
