@@ -11,6 +11,7 @@ from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
 
 import minilm
 from minilm.config import parse_config
+from minilm.formats import Weight
 from minilm.default_model import find_default_gguf
 from minilm.gguf_file import GGUFError, gguf_config, open_gguf, write_gguf
 from minilm.safetensors_file import save
@@ -82,8 +83,9 @@ def write_tiny_gguf(family, folder, qtype, overrides):
     for name, w in model.weights.items():
         if name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
-        values = w.dequantize() if hasattr(w, "dequantize") else np.asarray(w, np.float32)
-        if values.ndim == 2:
+        is_matrix = isinstance(w, Weight)
+        values = w.dequantize() if is_matrix else np.asarray(w, np.float32)
+        if is_matrix:
             blocks = gguf_quantize(values, qtype).reshape(values.shape[0], -1)
             tensors[name] = (qtype.name.lower(), values.shape, lambda b=blocks: b)
         else:
@@ -146,7 +148,7 @@ def test_broken_gguf_files_name_what_is_wrong(tmp_path, smollm2_gguf):
     data = open(smollm2_gguf, "rb").read()
     cases = {"magic": b"GGML" + data[4:], "truncated header": data[:5000], "truncated data": data[:len(data) // 2],
              "huge count": data[:16] + (10**15).to_bytes(8, "little") + data[24:]}
-    patterns = {"magic": "not a GGUF file", "truncated header": "truncated GGUF header",
+    patterns = {"magic": "not a GGUF file", "truncated header": "(truncated|corrupt) GGUF header",
                 "truncated data": "truncated file: tensor", "huge count": "cannot fit in the file"}
     for case, content in cases.items():
         path = tmp_path / f"{case.replace(' ', '_')}.gguf"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..errors import UnsupportedFormatError
 from .numba_math import FASTMATH, as_float32
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
@@ -111,23 +110,10 @@ def dense_embedding(ids, table, out):
     gather_rows(ids, table.data, out)
 
 
-# (format, mode) -> kernel(x2 [N, IN] float32, weight, bias [OUT] or [0], out [N, OUT]); quantized
-# formats add theirs (numba_quant.py). Dense formats have no activation quantization: both modes.
+# (format, mode) -> kernel(x2 [N, IN] float32, weight, bias [OUT] or [0], out [N, OUT]); the quantized
+# formats' kernels are in numba_quant.py. Dense formats quantize no activations: both modes are the same.
 LINEAR = {(f, m): dense_linear for f in ("float32", "bfloat16") for m in ("exact", "fast")}
 EMBEDDING = {"float32": dense_embedding, "bfloat16": dense_embedding}
-
-
-def linear(x, weight, bias=None):
-    """x [..., IN] @ W^T (+ bias [OUT]) -> [..., OUT] for a formats.Weight the backend prepared."""
-    kernel = LINEAR.get((weight.format, weight.mode))
-    if kernel is None:
-        raise UnsupportedFormatError(f"backend 'numba' has no {weight.mode} kernel for weight format "
-                                     f"{weight.format!r}")
-    lead, IN = x.shape[:-1], x.shape[-1]
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, IN)       # [N, IN]
-    out = np.empty((x2.shape[0], weight.shape[0]), dtype=np.float32)      # [N, OUT]
-    kernel(x2, weight, NO_BIAS if bias is None else bias, out)
-    return out.reshape(*lead, weight.shape[0])
 
 
 # --- embedding and logit scale -------------------------------------------------
@@ -139,15 +125,6 @@ def gather_rows(ids, table, out):
         row = table[ids[n]]
         for d in range(row.size):
             out[n, d] = as_float32(row[d])
-
-
-def embedding(ids, table):
-    """ids [B, T] -> table rows [B, T, D] (only these rows are read and decoded)."""
-    ids = np.asarray(ids)
-    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    out = np.empty((flat.size, table.shape[1]), dtype=np.float32)
-    EMBEDDING[table.format](flat, table, out)
-    return out.reshape(*ids.shape, table.shape[1])
 
 
 @njit(error_model="numpy", cache=True)
