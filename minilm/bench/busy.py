@@ -44,7 +44,8 @@ def decode_speed(model_dir: str, gguf: str | None, backend: str, threads: list, 
     return {"speeds": speeds, "threads": full}
 
 
-def busy_machine(model_dir: str, gguf: str | None, backend: str = "numba", log=print) -> dict:
+def busy_machine(model_dir: str, gguf: str | None, backend: str = "numba", log=print, tokens: int = 64,
+                 repeats: int = 3) -> dict:
     from . import run_child
     rows = {}
     for condition in ("idle", "busy"):
@@ -53,7 +54,8 @@ def busy_machine(model_dir: str, gguf: str | None, backend: str = "numba", log=p
             time.sleep(1.0 if spinner else 0)
             log(f"{condition} machine ...")
             rows[condition] = run_child("busy", {"model_dir": model_dir, "gguf": gguf, "backend": backend,
-                                                 "threads": list(SETTINGS.values())}, log)["speeds"]
+                                                 "threads": list(SETTINGS.values()), "tokens": tokens,
+                                                 "repeats": repeats}, log)["speeds"]
         finally:
             if spinner:
                 spinner.kill()

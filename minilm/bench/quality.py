@@ -40,13 +40,15 @@ def decode_speed(model, prompt, tokens: int = 32) -> float:
     return tokens / (times[-1] - times[0])
 
 
-def quality_table(model_dir: str, gguf: str | None, context: int = 512, log=print) -> dict:
+def quality_table(model_dir: str, gguf: str | None, context: int = 512, log=print, max_tokens: int | None = None,
+                  decode_tokens: int = 32) -> dict:
+    """One row per weight format (max_tokens: only the text's first tokens, for a quick look)."""
     import warnings
 
     import minilm
     from ..evaluate import compare_predictions, perplexity, reference_text
     from ..tokenizer import Tokenizer
-    ids = Tokenizer.from_pretrained(model_dir).encode(reference_text())
+    ids = Tokenizer.from_pretrained(model_dir).encode(reference_text())[:max_tokens]
     prompt = [ids[:16]]
     reference = minilm.load(model_dir, backend="numba", progress=False)
     variants = VARIANTS + ([("GGUF as stored, exact", {"source": gguf, "mode": "exact"}),
@@ -60,7 +62,8 @@ def quality_table(model_dir: str, gguf: str | None, context: int = 512, log=prin
             model = minilm.load(source, backend="numba", progress=False, **kwargs)
         ppl, n = perplexity(model, ids, context)
         row = {"variant": label, "perplexity": ppl, "tokens": n, "weight_bytes": weight_bytes(model),
-               **compare_predictions(model, reference, ids, context), "decode_tok_s": decode_speed(model, prompt),
+               **compare_predictions(model, reference, ids, context),
+               "decode_tok_s": decode_speed(model, prompt, decode_tokens),
                "notes": [str(w.message).split(": ", 1)[-1] for w in caught]}
         log(f"  {label}: perplexity {ppl:.3f}, top-1 agreement {row['top1_agreement']:.3f}")
         rows.append(row)
