@@ -84,3 +84,15 @@ def test_quality_table_on_the_real_model(smollm2_dir, monkeypatch, capsys):
     assert rows["float32"]["perplexity"] < rows["q4_0 fast"]["perplexity"] < 3 * rows["float32"]["perplexity"]
     assert 0.5 < rows["q4_0 fast"]["top1_agreement"] < 1.0
     assert "Declaration of Independence" in quality.format_quality(report)
+
+
+def test_profile_accounts_for_every_op_of_a_step(tiny):
+    import minilm
+    from minilm.bench.profile import format_profile, profile_decode
+    model = minilm.load(tiny[0], backend="numba", progress=False)
+    profile = profile_decode(model, [[3, 4, 5, 6]], steps=4)
+    layers = model.config.num_hidden_layers
+    assert profile["linear"][0] == 7 * layers + 1 and profile["attention"][0] == layers
+    assert abs(sum(s for op, (_, s) in profile.items() if op != "step") - profile["step"][1]) < 1e-9
+    assert "whole step" in format_profile(profile, "tiny")
+    assert model.backend.linear.__name__ == "linear"                  # the clocks are removed again

@@ -221,6 +221,8 @@ def add_arguments(parser) -> None:
                         help="instead: prefill speed and time to first token at these prompt lengths (e.g. 2048,4096)")
     parser.add_argument("--busy", action="store_true",
                         help="instead: decode speed with another process holding one core, by thread count")
+    parser.add_argument("--profile", default=None, metavar="BACKEND",
+                        help="instead: the time of one decode step op by op, for one backend name (e.g. numba-bf16)")
     parser.add_argument("--json", default=None, help="also write the full report to this file")
 
 
@@ -254,6 +256,15 @@ def main(args) -> int:
         lengths = [int(x) for x in args.long.split(",") if x.strip()]
         report = long_context(model_dir, lengths, log=log)
         print(format_long(report))
+    elif args.profile:
+        from .profile import format_profile, profile_decode
+        from .engines import make_engine, parse_spec
+        from .measure import prompt_ids
+        engine = make_engine(parse_spec(args.profile), model_dir, gguf)
+        report = profile_decode(engine.model, prompt_ids(args.prompt_tokens, engine.vocab_size))
+        print(format_profile(report, f"{args.profile} on {model_dir}: one decode step after a "
+                                     f"{args.prompt_tokens}-token prompt; load average "
+                                     f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"))
     elif args.busy:
         from .busy import busy_machine, format_busy
         report = busy_machine(model_dir, gguf, log=log)
