@@ -149,6 +149,22 @@ class CudaBackend:
                      shared_mem=(HD + threads) * 4)
         return out
 
+    def attention_probs(self, q, k, mask, scale: float):
+        q, k = self._c(q), self._c(k)
+        B, T, H, HD = q.shape
+        S, KV = k.shape[1], k.shape[2]
+        if H % KV:
+            raise ValueError(f"attention_probs: {H} query heads do not split over {KV} kv heads")
+        mask = self._broadcast(mask, (B, T, S), bool)
+        out = self._empty((B, H, T, S), np.float32)                 # float32 whatever q's storage
+        # One warp per key for the scores, then every thread walks its strided keys.
+        threads = _threads(32 * min(S, 4), cap=ATTENTION_MAX_THREADS)
+        self._launch("attention", "attention_probs", (q,), (H, T, B), threads,
+                     (q, k, mask, out, np.int32(T), np.int32(S), np.int32(H), np.int32(KV), np.int32(HD),
+                      np.float32(scale)),
+                     shared_mem=HD * 4)
+        return out
+
     def swiglu(self, gate, up):
         gate, up = self._c(gate), self._c(up)
         out = self._empty(gate.shape, gate.dtype)
