@@ -23,13 +23,18 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ..errors import UnsupportedFormatError
-from .numba_math import FASTMATH, bf16_bits_to_float32
+from .numba_math import FASTMATH, bf16_bits_to_float32, python_when_jit_disabled
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
 
 
 # --- bfloat16 storage --------------------------------------------------------
 
+def _weight_value_python(w):
+    return bf16_bits_to_float32(w) if w.dtype == np.uint16 else np.float32(w)
+
+
+@python_when_jit_disabled(_weight_value_python)
 def weight_value(w):
     """One stored weight as float32 (float32 storage: itself; bf16 storage: widened)."""
 
