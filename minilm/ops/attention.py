@@ -47,3 +47,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sca
     v = np.repeat(v, q.shape[2] // v.shape[2], axis=2)             # [B, S, H, HD]
     out = np.einsum("bhts,bshd->bthd", probs, v)                   # [B, T, H, HD]
     return out.astype(np.float32, copy=False)
+
+
+def probs_by_token(probs: np.ndarray, key_positions: np.ndarray, length: int) -> np.ndarray:
+    """probs [B, H, T, S] over key slots, key_positions [S] the token index each slot holds
+    (-1 = an empty ring slot; out.attention_key_positions[i]) -> [B, H, T, length] in token order.
+
+    A sliding layer's cache is a ring (docs/semantics.md section 6): its slots are not in token
+    order. transformers' weights cover the last S' tokens in order, so they are the last S'
+    columns of this. Empty slots have weight 0 and are dropped.
+    """
+    out = np.zeros(probs.shape[:3] + (length,), dtype=np.float32)
+    held = key_positions >= 0
+    out[..., key_positions[held]] = probs[..., held]                # slots hold distinct tokens
+    return out
