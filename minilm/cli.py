@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import bench, masks, parity
+from . import attention, bench, masks, parity
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, help_text in [(bench, "speed against transformers"),
                               (parity, "layer-by-layer error against transformers"),
-                              (masks, "draw attention masks")]:
+                              (masks, "draw attention masks"),
+                              (attention, "draw the attention weights of a text, per head")]:
         p = sub.add_parser(module.__name__.rsplit(".", 1)[-1], help=help_text)
         module.add_arguments(p)
         p.set_defaults(func=module.main)

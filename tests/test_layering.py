@@ -24,7 +24,7 @@ LAYERS = [
     ["minilm.resolve"],
     ["minilm.loading"],
     ["minilm", "minilm.testing"],
-    ["minilm.masks", "minilm.parity", "minilm.bench"],
+    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.attention"],
     ["minilm.cli"],
 ]
 
