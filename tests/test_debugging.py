@@ -118,6 +118,21 @@ def test_another_debugger_gets_a_plain_breakpoint_call(tiny_model, monkeypatch, 
     assert frame.f_back.f_back.f_code.co_name == "self_attention"        # `up` twice
 
 
+def test_vscode_and_pycharm_get_the_model_frame(tiny_model, monkeypatch, stops):
+    """pydevd's hook (debugpy, PyCharm) takes stop_at_frame: it is handed self_attention's frame.
+    A stand-in with pydevd's name and signature; a live VS Code session is not part of the suite."""
+    _, folder = tiny_model("llama")
+    model = minilm.load(folder, backend="numpy", progress=False)
+    received = []
+
+    def pydevd_breakpointhook(*args, **kwargs):
+        received.append((kwargs["stop_at_frame"].f_code.co_name, dict(kwargs["stop_at_frame"].f_locals)))
+    monkeypatch.setattr(sys, "breakpointhook", pydevd_breakpointhook)
+    model(random_ids(1, 4), stop_at="layers.1.attn.q")
+    ((function, local),) = received
+    assert not stops and function == "self_attention" and local["q"].shape == (1, 4, 4, 16)
+
+
 def test_pythonbreakpoint_0_turns_stopping_off(tiny_model, monkeypatch, stops, capsys):
     _, folder = tiny_model("llama")
     model = minilm.load(folder, backend="numpy", progress=False)

@@ -7,13 +7,14 @@ The names are the tape's (docs/tape.md). Every recording site calls
 `DecoderModel.record`, which hands (name, value) to the hook built here; the
 value is the backend's array (numpy, or cupy on "cuda"), not a copy.
 
-Where the debugger opens: with plain pdb (no PYTHONBREAKPOINT, no IDE) in the
-frame of the model code that computed the value (`self_attention`, `mlp`,
-...), on the line after its `record` call, so `q`, `k`, `x`, `ctx` are in
-scope. Any other debugger (an IDE's hook, PYTHONBREAKPOINT=ipdb.set_trace)
-gets a plain `breakpoint()` call from the hook below: it stops in `stop`, two
-frames above the model code (`up` twice, or pick the frame in the IDE's call
-stack). PYTHONBREAKPOINT=0 turns stopping off, as for any breakpoint().
+Where the debugger opens: in the frame of the model code that computed the
+value (`self_attention`, `mlp`, ...), on the line after its `record` call, so
+`q`, `k`, `x`, `ctx` are in scope. Plain pdb (no PYTHONBREAKPOINT) is opened
+on that frame; VS Code and PyCharm (pydevd, whose breakpoint hook accepts
+`stop_at_frame`) get `breakpoint(stop_at_frame=frame)`. Any other debugger
+(PYTHONBREAKPOINT=ipdb.set_trace, ...) gets a plain `breakpoint()`: it stops
+in `stop`, two frames above the model code (`up` twice). PYTHONBREAKPOINT=0
+turns stopping off, as for any breakpoint().
 """
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def uses_plain_pdb() -> bool:
         os.environ.get("PYTHONBREAKPOINT", "") in ("", "pdb.set_trace")
 
 
+def hook_takes_a_frame() -> bool:
+    """True for pydevd's breakpoint hook (VS Code's debugpy, PyCharm): breakpoint(stop_at_frame=...) works."""
+    name = getattr(sys.breakpointhook, "__name__", "")
+    return name in ("pydevd_breakpointhook", "custom_sitecustomize_breakpointhook") and \
+        not os.environ.get("PYTHONBREAKPOINT")          # with it set, pydevd hands over to that debugger
+
+
 def model_frame():
     """The frame of the model code that called `record` (the hook runs inside record)."""
     frame = sys._getframe(1)
@@ -73,9 +81,11 @@ def stop_hook(name: str):
         print(f"minilm: stopped at {name} {list(value.shape)} {value.dtype}, computed in "
               f"{frame.f_code.co_name}() ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})")
         if uses_plain_pdb():
-            pdb.Pdb().set_trace(frame)    # opens in the model code's frame, at its next line
+            pdb.Pdb().set_trace(frame)             # opens in the model code's frame, at its next line
+        elif hook_takes_a_frame():
+            breakpoint(stop_at_frame=frame)        # VS Code, PyCharm: the same frame
         else:
-            breakpoint()                  # an IDE or PYTHONBREAKPOINT: stops here, `up` twice is the model code
+            breakpoint()                           # another debugger: stops here; `up` twice is the model code
     return stop
 
 
