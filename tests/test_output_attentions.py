@@ -204,3 +204,13 @@ def test_negative_control_unscaled_scores_fail(tiny_model):
     ours = model(ids, output_attentions=True).attentions
     theirs, _ = hf_attentions(hf, ids)
     assert max_error(ours[0], theirs[0], np.ones((1, 8), bool)) > 1e-2
+
+
+def test_smollm2_every_layer(smollm2_dir, smollm2_hf):
+    """The real default model: the weights of all 30 layers on a sentence (numba backend)."""
+    from minilm.tokenizer import Tokenizer
+    ids = np.array([Tokenizer.from_pretrained(smollm2_dir).encode("The capital of France is")])
+    ours = minilm.load(smollm2_dir, backend="numba", progress=False)(ids, output_attentions=True).attentions
+    theirs, _ = hf_attentions(smollm2_hf, ids)
+    assert len(ours) == 30
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs)) < TOLERANCE
