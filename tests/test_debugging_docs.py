@@ -72,6 +72,13 @@ def assert_matches(expected: list[str], actual: list[str]) -> None:
         position, skipping = position + 1, False
 
 
+def test_the_comparison_can_fail():
+    assert_matches(["a", "...", "d"], ["a", "b", "c", "d"])
+    for expected in (["a", "c"], ["a", "...", "e"], ["b"]):
+        with pytest.raises(AssertionError):
+            assert_matches(expected, ["a", "b", "c", "d"])
+
+
 def test_the_page_has_its_sessions():
     commands = [command for command, _ in sessions()]
     assert "python examples/debugging/stop_at.py" in commands
