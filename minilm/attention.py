@@ -54,12 +54,18 @@ def render_text(weights: np.ndarray, tokens: list[str], layer: int, head: int | 
     return "\n".join(lines).rstrip()
 
 
-def figure(weights: np.ndarray, tokens: list[str], layer: int, head: int | None = None):
-    """A matplotlib Figure: one head, or a grid of every head, tokens on both axes."""
+def matplotlib_figure_class():
+    """matplotlib's Figure (no pyplot: no GUI backend, no global state), or a one-line error."""
     try:
-        from matplotlib.figure import Figure       # no pyplot: no GUI backend, no global state
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("attention pictures need matplotlib: pip install matplotlib") from None
+    return Figure
+
+
+def figure(weights: np.ndarray, tokens: list[str], layer: int, head: int | None = None):
+    """A matplotlib Figure: one head, or a grid of every head, tokens on both axes."""
+    Figure = matplotlib_figure_class()
     heads = _check_head(weights, head)
     cols = int(np.ceil(np.sqrt(len(heads))))
     rows = -(-len(heads) // cols)
@@ -98,7 +104,7 @@ def main(args) -> int:
     import minilm
     from .tokenizer import Tokenizer
     if args.png:
-        figure(np.zeros((1, 1, 1), np.float32), [""], 0)       # refuse now, not after the model ran
+        matplotlib_figure_class()                  # refuse now, not after the model ran
     if args.top < 1:
         raise ValueError(f"--top={args.top} must be >= 1")
     model_dir = resolve_model_dir(args.model)

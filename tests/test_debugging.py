@@ -106,7 +106,7 @@ def test_stops_again_at_every_decode_step(tiny_model, stops):
 
 
 def test_another_debugger_gets_a_plain_breakpoint_call(tiny_model, monkeypatch, stops):
-    """An IDE's hook (sys.breakpointhook) or PYTHONBREAKPOINT: breakpoint() is called, two frames above the model code."""
+    """Another debugger's hook (ipdb, ...): a plain breakpoint() call, two frames above the model code."""
     _, folder = tiny_model("llama")
     model = minilm.load(folder, backend="numpy", progress=False)
     called = []
