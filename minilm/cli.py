@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import bench, masks, parity, testing
+from . import attention, bench, masks, parity, testing
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in [("bench", bench, "speed against transformers"),
                                     ("parity", parity, "layer-by-layer error against transformers"),
                                     ("masks", masks, "draw attention masks"),
+                                    ("attention", attention, "draw the attention weights of a text, per head"),
                                     ("random-checkpoint", testing, "write a random-weight checkpoint of a real "
                                                                    "config, one tensor at a time")]:
         p = sub.add_parser(name, help=help_text)

@@ -140,9 +140,7 @@ class CudaBackend:
         q, k, v = self._c(q), self._c(k), self._c(v)
         B, T, H, HD = q.shape
         S, KV = k.shape[1], k.shape[2]
-        if k.dtype != q.dtype:
-            raise UnsupportedFormatError(f"backend {self.name!r} attends over a KV cache stored like q ({q.dtype}); "
-                                         f"cache_dtype='bfloat16' runs on the numpy and numba backends")
+        self._check_cache_dtype(q, k)
         if H % KV or HD > 4 * ATTENTION_MAX_THREADS or k.shape != v.shape:
             raise ValueError(f"attention: unsupported shapes q {q.shape}, k {k.shape}, v {v.shape}")
         mask = self._broadcast(mask, (B, T, S), bool)
@@ -153,6 +151,23 @@ class CudaBackend:
                      (q, k, v, mask, out, np.int32(T), np.int32(S), np.int32(H), np.int32(KV), np.int32(HD),
                       np.float32(scale)),
                      shared_mem=(HD + threads) * 4)
+        return out
+
+    def attention_probs(self, q, k, mask, scale: float):
+        q, k = self._c(q), self._c(k)
+        B, T, H, HD = q.shape
+        S, KV = k.shape[1], k.shape[2]
+        self._check_cache_dtype(q, k)
+        if H % KV:
+            raise ValueError(f"attention_probs: {H} query heads do not split over {KV} kv heads")
+        mask = self._broadcast(mask, (B, T, S), bool)
+        out = self._empty((B, H, T, S), np.float32)                 # float32 whatever q's storage
+        # One warp per key for the scores, then every thread walks its strided keys.
+        threads = _threads(32 * min(S, 4), cap=ATTENTION_MAX_THREADS)
+        self._launch("attention", "attention_probs", (q,), (H, T, B), threads,
+                     (q, k, mask, out, np.int32(T), np.int32(S), np.int32(H), np.int32(KV), np.int32(HD),
+                      np.float32(scale)),
+                     shared_mem=HD * 4)
         return out
 
     def swiglu(self, gate, up):
@@ -216,6 +231,11 @@ class CudaBackend:
         return out
 
     # --- helpers ---------------------------------------------------------------
+    def _check_cache_dtype(self, q, k):
+        if k.dtype != q.dtype:
+            raise UnsupportedFormatError(f"backend {self.name!r} attends over a KV cache stored like q ({q.dtype}); "
+                                         f"cache_dtype='bfloat16' runs on the numpy and numba backends")
+
     def _c(self, array, dtype=None):
         """Any host (numpy) or backend array -> a C-contiguous backend array."""
         # cupy.ascontiguousarray refuses numpy input: asarray moves it to the device first.

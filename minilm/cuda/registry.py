@@ -38,7 +38,7 @@ MODULES: dict[str, list[str]] = {
     "rms_norm": _all("rms_norm", ACTIVATION_WEIGHT),
     "layer_norm": _all("layer_norm", ACTIVATION_WEIGHT),
     "rope": _all("rope", [(d,) for d in FLOATS]),
-    "attention": _all("attention", [(d,) for d in FLOATS]),
+    "attention": _all("attention", [(d,) for d in FLOATS]) + _all("attention_probs", [(d,) for d in FLOATS]),
     "swiglu": _all("swiglu", [(d,) for d in FLOATS]),
     "matmul": _all("linear_gemv", ACTIVATION_WEIGHT) + _all("linear_tiled", ACTIVATION_WEIGHT),
     "embedding": _all("embedding", [(d,) for d in FLOATS]),
