@@ -10,7 +10,9 @@
 
 Activations are float32; weights (formats.Weight) may be stored as float32,
 float16 or bfloat16 and are always accumulated in float32. NumPy and CuPy have
-no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16.
+no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16. The quantized
+formats (q8_0, q4_0, q4_1, int8, int4, fp4, nf4) run as stored on the kernels
+of quant.cu (exact mode) and quant_fast.cu (fast mode: int8 activations).
 
 `CudaBackend` holds the launch machinery and one method per op;
 `make_cuda_backend` builds the contract's namespace from its methods.
@@ -255,7 +257,8 @@ class CudaBackend:
 
     def _quantize_activations(self, x, blocks: int):
         """float32 x -> (int8 codes like x, fp16-rounded scales and scaled sums [blocks]): fast mode's input."""
-        xq, xd, xs = self._empty(x.shape, np.int8), self._empty((blocks,), np.float32), self._empty((blocks,), np.float32)
+        xq = self._empty(x.shape, np.int8)
+        xd, xs = self._empty((blocks,), np.float32), self._empty((blocks,), np.float32)
         self._launch_quant("quant_fast", "quantize_activations", _cdiv(blocks, 4), 128,
                            (x, xq, xd, xs, np.int32(blocks)))
         return xq, xd, xs
