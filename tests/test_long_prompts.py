@@ -125,3 +125,23 @@ def test_cuda_refuses_a_bfloat16_cache_by_name():
         model.generate(np.array([[3, 4, 5]]), max_new_tokens=2)
     with pytest.raises(ValueError, match="cache_dtype='float8'"):
         minilm.load(tiny_checkpoint("llama"), cache_dtype="float8", progress=False)
+
+
+def test_sliding_layers_attend_over_at_most_window_plus_chunk_keys():
+    """Cohere2's sliding layers cost O(T * W) in a chunked prefill: every attention call of a sliding
+    layer sees at most W + chunk keys, however long the prompt; global layers see the whole prefix."""
+    W, chunk, T = 4, 5, 40
+    model = minilm.load(tiny_checkpoint("cohere2", sliding_window=W), backend="numba", progress=False)
+    keys_seen, attention = [], model.backend.attention
+
+    def counting(q, k, v, mask, scale):
+        keys_seen.append(k.shape[1])
+        return attention(q, k, v, mask, scale)
+    model.backend.attention = counting
+    ids = np.random.default_rng(5).integers(3, 256, size=(1, T))
+    prefill(model, ids, np.ones_like(ids), prompt_positions(np.ones_like(ids)), model.new_cache(1), chunk=chunk)
+    layers = model.config.num_hidden_layers
+    sliding = [s for i, s in enumerate(keys_seen) if model.config.layer_types[i % layers] == "sliding_attention"]
+    full = [s for i, s in enumerate(keys_seen) if model.config.layer_types[i % layers] == "full_attention"]
+    assert max(sliding) == W + chunk and max(full) == T
+    assert sum(sliding) <= len(sliding) * (W + chunk) < T * T // 4       # linear in T, far from T^2
