@@ -17,7 +17,7 @@ from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
-from .weights import check_finite, read_checkpoint, to_float32
+from .weights import check_finite, check_layer_count, read_checkpoint, to_float32
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -72,8 +72,10 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     cfg = load_config(folder)
     family = FAMILIES[cfg.model_type]
     ops = get_backend(backend, **backend_options)
+    tensors = read_checkpoint(folder)                                        # located, nothing read yet
+    check_layer_count(tensors, cfg.num_hidden_layers, folder)                # before per-layer tables
     specs = family.tensor_specs(cfg)
-    stored = validate_weights(cfg, specs, read_checkpoint(folder), folder)    # located, nothing read yet
+    stored = validate_weights(cfg, specs, tensors, folder)
     tied = cfg.tie_word_embeddings and "lm_head.weight" in specs
     weights = {}
     with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
