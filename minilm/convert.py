@@ -105,14 +105,17 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_replaceable(out_dir, overwrite)
     remove_stale_siblings(out_dir)
-    with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
-        _write_json(os.path.join(staging, "config.json"), config)
-        _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
-        write_tokenizer_files(tokenizer, metadata, staging)
-        with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
-            write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
-        _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan), staging))
-        _move_into_place(staging, out_dir)
+    try:
+        with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
+            _write_json(os.path.join(staging, "config.json"), config)
+            _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
+            write_tokenizer_files(tokenizer, metadata, staging)
+            with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
+                write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
+            _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan), staging))
+            _move_into_place(staging, out_dir)
+    except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
+        raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
     return out_dir
 
 
@@ -129,8 +132,9 @@ def check_replaceable(out_dir: str, overwrite: bool) -> None:
 
 
 def is_minilm_folder(folder: str) -> bool:
-    """True if `folder` is a directory minilm wrote: only conversions hold the marker file."""
-    return os.path.isdir(folder) and os.path.isfile(os.path.join(folder, MARKER_FILE))
+    """True if `folder` is a directory minilm wrote: only conversions hold an entry named like
+    the marker (even a damaged marker, which is why its type and content are not required)."""
+    return os.path.isdir(folder) and os.path.lexists(os.path.join(folder, MARKER_FILE))
 
 
 def convert_gguf_tokenizer(gguf_path: str, out_dir: str) -> str:
@@ -220,7 +224,9 @@ def _untrusted_metadata(gguf_path: str, what: str):
     Python errors, or as Rust panics in `tokenizers`: each becomes one UnsupportedGGUFError."""
     try:
         yield
-    except ConversionError:
+    except ConversionError as e:
+        if not str(e).startswith(gguf_path):      # errors raised without the file name get it here
+            raise type(e)(f"{gguf_path}: {e}") from None
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
         raise UnsupportedGGUFError(f"{gguf_path}: malformed {what} metadata ({type(e).__name__}: "

@@ -97,8 +97,13 @@ def converted_gguf_dir(gguf_path: str, progress: bool = True) -> str:
     """
     gguf_path = os.path.abspath(gguf_path)
     stem = os.path.splitext(os.path.basename(gguf_path))[0]
-    key = hashlib.sha256(json.dumps(gguf_identity(gguf_path), sort_keys=True).encode()).hexdigest()
-    return convert_once(gguf_path, os.path.join(cache_root(), "gguf", f"{stem}-{key[:16]}"), progress)
+    key = hashlib.sha256(json.dumps(gguf_identity(gguf_path), sort_keys=True).encode()).hexdigest()[:16]
+    parent = os.path.join(cache_root(), "gguf")
+    # The stem only makes the folder readable: a conversion made under another name is reused.
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        if name.endswith("-" + key) and is_complete_conversion(os.path.join(parent, name), gguf_path):
+            return os.path.join(parent, name)
+    return convert_once(gguf_path, os.path.join(parent, f"{stem}-{key}"), progress)
 
 
 def convert_once(gguf_path: str, folder: str, progress: bool = True) -> str:
