@@ -63,7 +63,7 @@ MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that g
 MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
 GGUF_MAGIC = b"GGUF"
-DIGEST_BLOCK = 1 << 20         # file digests hash the first and last MiB: cheap on every run, catch truncation
+DIGEST_BLOCK = 1 << 16         # file digests hash the first and last 64 KiB: a safetensors header, cheap on every run
 STALE_AFTER_S = 60             # a dead process's staging folder untouched this long is removed
 
 
@@ -139,10 +139,12 @@ def is_minilm_folder(folder: str) -> bool:
 
 def convert_gguf_tokenizer(gguf_path: str, out_dir: str) -> str:
     """Only tokenizer.json + tokenizer_config.json (seconds instead of a full conversion)."""
-    metadata = read_metadata(open_gguf(gguf_path))
+    _, metadata = read_gguf(gguf_path)
     check_architecture(metadata, gguf_path)
+    with _untrusted_metadata(gguf_path, "tokenizer"):
+        tokenizer = build_tokenizer(metadata, gguf_path)
     os.makedirs(out_dir, exist_ok=True)
-    write_tokenizer_files(build_tokenizer(metadata, gguf_path), metadata, out_dir)
+    write_tokenizer_files(tokenizer, metadata, out_dir)
     return out_dir
 
 

@@ -337,10 +337,12 @@ def _check_tokenizer_config(config: dict, source: str) -> None:
         if _token_content(config.get(name)) is None and config.get(name) is not None:
             raise TokenizerError(f"{source}: {name}={config[name]!r} must be a string or an AddedToken object")
     decoder = config.get("added_tokens_decoder", {})
+    flags = ("single_word", "lstrip", "rstrip", "normalized", "special")
     if not isinstance(decoder, dict) or not all(
             str(key).isdigit() and isinstance(spec, dict) and isinstance(spec.get("content"), str)
-            for key, spec in decoder.items()):
-        raise TokenizerError(f"{source}: added_tokens_decoder must map token ids to objects with a 'content' string")
+            and all(isinstance(spec.get(flag, False), bool) for flag in flags) for key, spec in decoder.items()):
+        raise TokenizerError(f"{source}: added_tokens_decoder must map token ids to objects with a 'content' "
+                             "string and true/false flags")
     for key in ("extra_special_tokens", "additional_special_tokens"):
         extra = config.get(key)
         if extra is not None and not isinstance(extra, (dict, list)):
