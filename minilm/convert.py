@@ -63,7 +63,7 @@ MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that g
 MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
 GGUF_MAGIC = b"GGUF"
-DIGEST_BLOCK = 1 << 16         # file digests hash the first and last 64 KiB: a safetensors header, cheap on every run
+DIGEST_BLOCK = 1 << 16         # digests hash the first and last 64 KiB (usually a whole safetensors header)
 STALE_AFTER_S = 60             # a dead process's staging folder untouched this long is removed
 
 
