@@ -7,6 +7,12 @@ indices, so the order of slots in the ring does not matter.
 
 dtype="bfloat16" stores keys and values as bfloat16 bits (uint16), half the
 memory of float32; attention widens them as it reads and accumulates in float32.
+
+Memory follows the tokens actually seen, never a number from config.json alone:
+both kinds of buffer start small and double as needed, and a ring stops growing
+at W slots. A config's sliding_window of 10**9 thus costs what the tokens cost
+(generation stops at max_position_embeddings), not a 119 GiB ring at the first
+token.
 """
 from __future__ import annotations
 
@@ -65,16 +71,35 @@ class SlidingLayerCache:
     Token t lives in slot t % W. A query at index i needs keys i-W+1..i, so a
     single-token decode step writes first and attends over the ring; a chunk of
     T > 1 tokens attends over ring + chunk, then keeps the chunk's last W tokens.
+    Until W tokens have been seen the ring holds fewer slots (token t < capacity
+    sits in slot t = t % W), doubling as tokens arrive.
     """
 
-    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, window: int, dtype: str = "float32"):
+    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, window: int, dtype: str = "float32",
+                 capacity: int = 64):
         self.backend, self.window = backend, window
         self.dtype, self.store = storage(dtype)
-        zeros = np.zeros((batch, window, kv_heads, head_dim), dtype=self.dtype)
+        capacity = min(capacity, window)
+        zeros = np.zeros((batch, capacity, kv_heads, head_dim), dtype=self.dtype)
         self.keys, self.values = backend.asarray(zeros), backend.asarray(zeros.copy())
-        self.slot_index = np.full(window, -1, dtype=np.int64)  # token index held by each slot
+        self.slot_index = np.full(capacity, -1, dtype=np.int64)  # token index held by each slot
+
+    def _grow(self, last_index: int) -> None:
+        """Enough slots for tokens 0..last_index (all of them until the ring reaches W)."""
+        capacity = self.slot_index.shape[0]
+        if capacity == self.window or last_index < capacity:
+            return
+        while capacity <= last_index and capacity < self.window:
+            capacity = min(2 * capacity, self.window)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = self.backend.asarray(np.zeros((old.shape[0], capacity, *old.shape[2:]), dtype=self.dtype))
+            new[:, :old.shape[1]] = old
+            setattr(self, name, new)
+        self.slot_index = np.concatenate([self.slot_index, np.full(capacity - len(self.slot_index), -1)])
 
     def _write(self, k, v, query_index: np.ndarray) -> None:
+        self._grow(int(query_index[-1]))
         for t in range(max(0, len(query_index) - self.window), len(query_index)):
             slot = query_index[t] % self.window
             self.keys[:, slot] = k[:, t]
@@ -87,7 +112,7 @@ class SlidingLayerCache:
         if T == 1:
             self._write(k, v, query_index)
             return self.keys, self.values, self.slot_index.copy()
-        W = self.window
+        W = self.slot_index.shape[0]                      # the ring as it is (W slots once full)
         B, _, KV, HD = k.shape
         keys = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=self.dtype))
         values = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=self.dtype))

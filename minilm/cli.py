@@ -22,6 +22,54 @@ class CLIError(Exception):
     """A user-facing problem: printed as one line, exit status 2."""
 
 
+class _ClosedStream:
+    """Stands in for a standard stream that was closed before minilm started (Python sets it to
+    None): writing says so as an OSError, which main() reports; reading gives end of file."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text: str) -> int:
+        raise OSError(f"standard {self.name} is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def readline(self, *args) -> str:
+        return ""
+
+    read = readline
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _replace_closed_streams() -> None:
+    """`minilm chat <&-` reads end of file, `minilm generate ... >&-` reports a closed stdout,
+    and with stderr closed errors are lost but the exit status stays."""
+    if sys.stdin is None:
+        sys.stdin = _ClosedStream("input")
+    if _unwritable(sys.stdout):
+        sys.stdout = _ClosedStream("output")
+    if _unwritable(sys.stderr):
+        sys.stderr = open(os.devnull, "w")
+
+
+def _unwritable(stream) -> bool:
+    """None (closed before Python started), or a descriptor the shell closed and the process then
+    reused for a file opened read-only (writing to it fails with EBADF)."""
+    if stream is None:
+        return True
+    try:
+        import fcntl
+        return fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    except (ImportError, OSError, ValueError, AttributeError):   # no fcntl, or not a real file (pytest)
+        return False
+
+
+_replace_closed_streams()   # at import, before a default argument (stream_reply's `out`) captures None
+
+
 def load_tokenizer(args):
     from .tokenizer import Tokenizer
     args.model_dir = resolve_model_dir(args.model)
@@ -136,19 +184,37 @@ def cmd_chat(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert_gguf
-    if not os.path.isfile(args.gguf):
-        raise CLIError(f"GGUF file {args.gguf!r} does not exist")
-    out = convert_gguf(args.gguf, args.out_dir, progress=True)
+    check_input_file(args.gguf, "GGUF file")
+    out = convert_gguf(args.gguf, args.out_dir, progress=True, overwrite=args.overwrite)
     print(f"converted {args.gguf} -> {out or args.out_dir}")
     return 0
 
 
+def check_input_file(path: str, what: str) -> None:
+    """An existing regular file (a FIFO would block, a folder cannot be read as text)."""
+    if not os.path.exists(path):
+        raise CLIError(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise CLIError(f"{what} {path!r} is not a regular file")
+
+
+def read_text_file(path: str) -> str:
+    """The UTF-8 text of `path`, or a one-line error naming the file and the first bad byte."""
+    check_input_file(path, "text file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+
+
 def cmd_perplexity(args) -> int:
-    if not os.path.isfile(args.file):
-        raise CLIError(f"text file {args.file!r} does not exist")
+    if args.context < 2:
+        raise CLIError(f"--context={args.context} must be at least 2 (each chunk predicts its tokens after the first)")
+    text = read_text_file(args.file)
     tokenizer = load_tokenizer(args)
     model = load_model(args)
-    text = open(args.file, encoding="utf-8").read()
     ids = tokenizer.encode(text)
     if len(ids) < 2:
         raise CLIError(f"{args.file} has fewer than 2 tokens")
@@ -159,6 +225,8 @@ def cmd_perplexity(args) -> int:
         if chunk.shape[1] < 2:
             break
         loss = model(chunk, labels=chunk).loss                 # mean over chunk_len - 1 predictions
+        if not math.isfinite(loss):
+            raise CLIError(f"the loss of the chunk at token {start} is {loss}: the model's logits are not finite")
         total_nll += loss * (chunk.shape[1] - 1)
         total_tokens += chunk.shape[1] - 1
         sys.stderr.write(f"\r{total_tokens}/{len(ids) - 1} tokens")
@@ -199,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a Llama-architecture GGUF into a checkpoint folder")
     p.add_argument("gguf")
     p.add_argument("out_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in out_dir")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file")
@@ -219,7 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error_types() -> tuple:
+    """Exceptions that mean bad input or environment (exit 2), not a bug in minilm (exit 1)."""
+    try:
+        from .cuda.backend import NoGpuError          # --backend cuda on a machine without a GPU
+    except ImportError:
+        NoGpuError = CLIError
+    return (CLIError, ValueError, ImportError, OSError, NoGpuError)
+
+
 def main(argv=None) -> int:
+    _replace_closed_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -230,18 +309,31 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `minilm ... | head`: the reader left; stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as e:
+    except Exception as e:
         if args.debug:
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"minilm: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as e:  # a bug in minilm: still one line, the traceback on request
-        if args.debug:
-            raise
-        print(f"minilm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        if isinstance(e, _user_error_types()):
+            return _report(f"minilm: error: {_one_line(e)}", 2)
+        if isinstance(e, MemoryError):
+            return _report("minilm: error: out of memory", 2)
+        # a bug in minilm: still one line, the traceback on request
+        return _report(f"minilm: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for "
+                       "the traceback)", 1)
+
+
+def _report(line: str, status: int) -> int:
+    """Print the error line to stderr if it can take it; the exit status says it either way."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+    return status
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of the message (OSErrors name their file in it), or the type's name."""
+    lines = str(error).splitlines()
+    return lines[0] if lines and lines[0] else type(error).__name__
 
 
 if __name__ == "__main__":

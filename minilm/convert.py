@@ -22,25 +22,49 @@ so the result equals `AutoModelForCausalLM.from_pretrained(folder, gguf_file=...
    special added tokens, and the pre-tokenizer is picked from `tokenizer.ggml.pre`.
 
 The folder is written under a temporary sibling name and renamed at the end, so an
-interrupted conversion never leaves a folder that looks complete.
+interrupted conversion never leaves a folder that looks complete. SIGTERM unwinds like
+Ctrl-C (the staging folder is removed, then the process dies of SIGTERM as before), and
+staging folders of processes that died without unwinding (SIGKILL, power loss) are removed
+by the next conversion into the same place. An existing folder is replaced only if minilm
+made it (it holds the completion marker): `overwrite=True` never deletes a user's folder.
+
+Untrusted input is checked before it is trusted: the GGUF header is walked once with every
+count checked against the bytes left in the file (the `gguf` reader itself would loop for
+ever on an array that claims 2**60 elements), the metadata must make a valid config, and the
+tensors must be exactly those the config implies (a `block_count` larger than the tensors
+present fails the conversion rather than producing a folder that can never load).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import mmap
 import os
 import re
 import secrets
 import shutil
+import signal
+import struct
+import threading
+import time
 
 import numpy as np
 
+from .config import ConfigError, parse_config
+from .errors import is_rust_panic, regular_file_size
+from .models import LlamaModel
 from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2          # 2: the marker holds file sizes and digests and the GGUF's identity
 MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that gets renamed into place
+MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json")
 GGUF_MAGIC = b"GGUF"
+DIGEST_BLOCK = 1 << 16         # digests hash the first and last 64 KiB (usually a whole safetensors header)
+STALE_AFTER_S = 60             # a dead process's staging folder untouched this long is removed
 
 
 class ConversionError(ValueError):
@@ -63,67 +87,269 @@ class UnsupportedGGUFError(ConversionError):
 
 
 def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite: bool = False) -> str:
-    """Convert a Llama GGUF into an HF folder at `out_dir` (float32 safetensors); returns out_dir."""
+    """Convert a Llama GGUF into an HF folder at `out_dir` (float32 safetensors); returns out_dir.
+
+    overwrite=True replaces an earlier conversion (a folder holding minilm's marker); any other
+    existing path is refused, never deleted.
+    """
     reader = open_gguf(gguf_path)
-    metadata = read_metadata(reader)
+    metadata = read_metadata(reader, gguf_path)
     check_architecture(metadata, gguf_path)
-    plan = plan_tensors(reader, metadata, gguf_path)  # validates names and quantization types first
-    config = llama_config(metadata, [t.name for t in reader.tensors])
-    tokenizer = build_tokenizer(metadata, gguf_path)
+    with _untrusted_metadata(gguf_path, "tensors"):
+        plan = plan_tensors(reader, metadata, gguf_path)  # validates names and quantization types first
+        config = llama_config(metadata, [t.name for t in reader.tensors])
+    check_tensors_complete(plan, config, gguf_path)
+    with _untrusted_metadata(gguf_path, "tokenizer"):
+        tokenizer = build_tokenizer(metadata, gguf_path)
 
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        raise ConversionError(f"{out_dir} already exists (pass overwrite=True to replace it)")
-    with _staging_dir(out_dir) as staging:
-        _write_json(os.path.join(staging, "config.json"), config)
-        _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
-        write_tokenizer_files(tokenizer, metadata, staging)
-        with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
-            write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
-        _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan)))
-        _move_into_place(staging, out_dir)
+    check_replaceable(out_dir, overwrite)
+    remove_stale_siblings(out_dir)
+    try:
+        with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
+            _write_json(os.path.join(staging, "config.json"), config)
+            _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
+            write_tokenizer_files(tokenizer, metadata, staging)
+            with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
+                write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
+            _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan), staging))
+            _move_into_place(staging, out_dir)
+    except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
+        raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
     return out_dir
+
+
+def check_replaceable(out_dir: str, overwrite: bool) -> None:
+    """An existing out_dir may be replaced only when asked to and only if minilm made it."""
+    if not os.path.lexists(out_dir):
+        return
+    if not is_minilm_folder(out_dir):
+        raise ConversionError(f"{out_dir} already exists and is not a minilm conversion (no {MARKER_FILE}); "
+                              "refusing to replace it: choose another output folder or remove it yourself")
+    if not overwrite:
+        raise ConversionError(f"{out_dir} already exists (pass --overwrite, or overwrite=True, to replace "
+                              "the earlier conversion)")
+
+
+def is_minilm_folder(folder: str) -> bool:
+    """True if `folder` is a directory minilm wrote: only conversions hold an entry named like
+    the marker (even a damaged marker, which is why its type and content are not required)."""
+    return os.path.isdir(folder) and os.path.lexists(os.path.join(folder, MARKER_FILE))
 
 
 def convert_gguf_tokenizer(gguf_path: str, out_dir: str) -> str:
     """Only tokenizer.json + tokenizer_config.json (seconds instead of a full conversion)."""
-    metadata = read_metadata(open_gguf(gguf_path))
+    _, metadata = read_gguf(gguf_path)
     check_architecture(metadata, gguf_path)
+    with _untrusted_metadata(gguf_path, "tokenizer"):
+        tokenizer = build_tokenizer(metadata, gguf_path)
     os.makedirs(out_dir, exist_ok=True)
-    write_tokenizer_files(build_tokenizer(metadata, gguf_path), metadata, out_dir)
+    write_tokenizer_files(tokenizer, metadata, out_dir)
     return out_dir
 
 
-def conversion_marker(gguf_path: str, n_tensors: int) -> dict:
-    """The completion marker's content; `minilm.default_model` compares it on reuse."""
+def conversion_marker(gguf_path: str, n_tensors: int, folder: str) -> dict:
+    """The completion marker: what was converted (the GGUF's identity) and proof of what was
+    written (size and digest of every file), which `minilm.default_model` checks on reuse."""
     return {"converter": "minilm.convert", "converter_version": CONVERTER_VERSION,
-            "source_file": os.path.basename(gguf_path), "source_size": os.path.getsize(gguf_path),
-            "tensors": n_tensors}
+            "source_file": os.path.basename(gguf_path), "source": gguf_identity(gguf_path), "tensors": n_tensors,
+            "files": {name: file_digest(os.path.join(folder, name)) for name in MARKED_FILES}}
+
+
+def file_digest(path: str) -> dict:
+    """{"size", "sha256"} of a file, the hash over its size, first and last DIGEST_BLOCK bytes:
+    a few milliseconds even for a 30 GB file, and any truncation or rewrite of a header shows."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(f.read(DIGEST_BLOCK))
+        if size > DIGEST_BLOCK:
+            f.seek(max(DIGEST_BLOCK, size - DIGEST_BLOCK))
+            digest.update(f.read(DIGEST_BLOCK))
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def gguf_identity(gguf_path: str) -> dict:
+    """Which GGUF this is, independent of its path and name: size, modification time and
+    file_digest. Two paths to the same file share it; a changed or replaced file does not."""
+    return {"mtime_ns": os.stat(gguf_path).st_mtime_ns, **file_digest(gguf_path)}
 
 
 # ---------------------------------------------------------------------- reading the GGUF
 
 
 def open_gguf(gguf_path: str):
-    """A gguf.GGUFReader, after checking the file exists and starts with the GGUF magic."""
+    """A gguf.GGUFReader, after checking the file is a regular file with the GGUF magic and a
+    header whose counts fit in the file (so the reader's work is bounded by the file's size)."""
     import gguf  # imported lazily: only conversion needs it
 
     gguf_path = os.fspath(gguf_path)
-    if not os.path.isfile(gguf_path):
+    if not os.path.lexists(gguf_path):
         raise GGUFNotFoundError(f"{gguf_path}: file not found")
+    regular_file_size(gguf_path, "GGUF file", NotAGGUFError)
     with open(gguf_path, "rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise NotAGGUFError(f"{gguf_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    check_gguf_header(gguf_path)
     try:
         return gguf.GGUFReader(gguf_path)
     except Exception as e:
-        raise NotAGGUFError(f"{gguf_path}: unreadable GGUF ({type(e).__name__}: {e})") from None
+        raise NotAGGUFError(f"{gguf_path}: unreadable GGUF ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def read_metadata(reader) -> dict:
+def read_metadata(reader, gguf_path: str = "GGUF") -> dict:
     """{key: python value} for every metadata field (arrays become lists)."""
-    return {key: field.contents() for key, field in reader.fields.items()}
+    metadata = {}
+    for key, field in reader.fields.items():
+        try:
+            metadata[key] = field.contents()
+        except Exception as e:  # the gguf package raises whatever its parsing hits
+            raise NotAGGUFError(f"{gguf_path}: unreadable metadata value {key!r} ({type(e).__name__})") from None
+    return metadata
+
+
+def read_gguf(gguf_path: str) -> tuple:
+    """(reader, metadata) of a GGUF, or a ConversionError naming the file: never another exception."""
+    reader = open_gguf(gguf_path)
+    return reader, read_metadata(reader, gguf_path)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0][:200]
+
+
+@contextlib.contextmanager
+def _untrusted_metadata(gguf_path: str, what: str):
+    """Metadata values of the wrong type (a string where a count belongs, ...) surface as arbitrary
+    Python errors, or as Rust panics in `tokenizers`: each becomes one UnsupportedGGUFError."""
+    try:
+        yield
+    except ConversionError as e:
+        if not str(e).startswith(gguf_path):      # errors raised without the file name get it here
+            raise type(e)(f"{gguf_path}: {e}") from None
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        raise UnsupportedGGUFError(f"{gguf_path}: malformed {what} metadata ({type(e).__name__}: "
+                                   f"{_first_line(e)})") from None
+    except BaseException as e:
+        if is_rust_panic(e):
+            raise UnsupportedGGUFError(f"{gguf_path}: malformed {what} metadata (tokenizers failed: "
+                                       f"{_first_line(e)})") from None
+        raise
+
+
+# ---------------------------------------------------------------------- the GGUF header, walked once
+
+# GGUF value types: scalar sizes in bytes; 8 is a string (u64 length + bytes), 9 an array.
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_MAX_DIMS = 4            # GGML_MAX_DIMS
+_GGUF_MAX_NESTING = 8
+
+
+class _HeaderWalk:
+    """A cursor over the GGUF header that refuses any length or count the file cannot hold."""
+
+    def __init__(self, data, path: str):
+        self.data, self.path, self.pos = data, path, 0
+        version = int.from_bytes(data[4:8], "little") if len(data) >= 8 else 0
+        self.order = ">" if version and version & 0xFFFF == 0 else "<"   # big-endian files exist
+
+    def fail(self, problem: str):
+        raise NotAGGUFError(f"{self.path}: corrupt GGUF header ({problem} at byte {self.pos})")
+
+    def skip(self, n: int, what: str) -> int:
+        if n > len(self.data) - self.pos:
+            self.fail(f"{what} of {n} bytes runs past the end of the file")
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def unsigned(self, size: int, what: str) -> int:
+        start = self.skip(size, what)
+        return struct.unpack_from(self.order + ("I" if size == 4 else "Q"), self.data, start)[0]
+
+    def string(self, what: str) -> bytes:
+        n = self.unsigned(8, f"{what} length")
+        start = self.skip(n, what)
+        return self.data[start:start + n]
+
+    def count(self, n: int, min_bytes: int, what: str) -> int:
+        """A count of items of at least min_bytes each: it cannot exceed what is left."""
+        if n * min_bytes > len(self.data) - self.pos:
+            self.fail(f"{what} count {n} is more than the file can hold")
+        return n
+
+    def value(self, kind: int, key: str, depth: int = 0) -> None:
+        if kind in _GGUF_SCALAR_SIZES:
+            self.skip(_GGUF_SCALAR_SIZES[kind], f"value of {key!r}")
+        elif kind == _GGUF_STRING:
+            self.string(f"string value of {key!r}")
+        elif kind == _GGUF_ARRAY and depth < _GGUF_MAX_NESTING:
+            item = self.unsigned(4, f"array type of {key!r}")
+            n = self.unsigned(8, f"array length of {key!r}")
+            if item in _GGUF_SCALAR_SIZES:
+                self.skip(self.count(n, _GGUF_SCALAR_SIZES[item], f"array {key!r}") * _GGUF_SCALAR_SIZES[item],
+                          f"array {key!r}")
+            else:
+                for _ in range(self.count(n, 8, f"array {key!r}")):      # strings and arrays: 8+ bytes each
+                    self.value(item, key, depth + 1)
+        else:
+            self.fail(f"unknown value type {kind} of {key!r}")
+
+
+def check_gguf_header(gguf_path: str) -> None:
+    """Walk the metadata and tensor table once, in time proportional to the file's size."""
+    with open(gguf_path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < 24:
+            raise NotAGGUFError(f"{gguf_path}: truncated GGUF (no header)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            walk = _HeaderWalk(data, gguf_path)
+            walk.skip(8, "magic and version")
+            n_tensors = walk.unsigned(8, "tensor count")
+            n_keys = walk.unsigned(8, "metadata count")
+            for _ in range(walk.count(n_keys, 12, "metadata")):        # key length + type: 12+ bytes each
+                key = walk.string("metadata key").decode("utf-8", "replace")
+                walk.value(walk.unsigned(4, f"type of {key!r}"), key)
+            for _ in range(walk.count(n_tensors, 24, "tensor")):       # name length, dims, type, offset
+                name = walk.string("tensor name").decode("utf-8", "replace")
+                n_dims = walk.unsigned(4, f"dimension count of {name!r}")
+                if n_dims > _GGUF_MAX_DIMS:
+                    walk.fail(f"tensor {name!r} has {n_dims} dimensions (at most {_GGUF_MAX_DIMS})")
+                walk.skip(8 * n_dims + 12, f"shape, type and offset of {name!r}")
+
+
+def check_tensors_complete(plan: list, config: dict, gguf_path: str) -> None:
+    """The tensors must be exactly those the metadata implies, or the folder could never load.
+    The block count is compared with the blocks present before any per-layer table is built."""
+    blocks = {m[1] for p in plan if (m := _LAYER_TENSOR.fullmatch(p.gguf_tensor.name))}
+    layers = config["num_hidden_layers"]
+    if isinstance(layers, int) and layers > len(blocks):
+        raise UnsupportedGGUFError(f"{gguf_path}: llama.block_count={layers} but the file holds tensors for "
+                                   f"{len(blocks)} blocks")
+    try:
+        parsed = parse_config(config, source=f"{gguf_path}: metadata")
+    except ConfigError as e:
+        raise UnsupportedGGUFError(str(e)) from None
+    expected = LlamaModel.tensor_specs(parsed)
+    if parsed.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    present = {}
+    for p in plan:
+        if p.hf_name in present:
+            raise UnsupportedGGUFError(f"{gguf_path}: tensor {p.gguf_tensor.name!r} appears twice")
+        present[p.hf_name] = p
+    for name, spec in expected.items():
+        if name not in present:
+            raise UnsupportedGGUFError(f"{gguf_path}: lacks tensor {gguf_tensor_name(name)!r} ({name}, shape "
+                                       f"{list(spec.shape)}) that its metadata implies")
+        if present[name].shape != spec.shape:
+            raise UnsupportedGGUFError(f"{gguf_path}: tensor {present[name].gguf_tensor.name!r} has shape "
+                                       f"{list(present[name].shape)}, the metadata implies {list(spec.shape)}")
+    extra = [p.gguf_tensor.name for p in plan if p.hf_name not in expected]
+    if extra:
+        raise UnsupportedGGUFError(f"{gguf_path}: tensor {extra[0]!r} does not belong to a {layers}-block model")
 
 
 def check_architecture(metadata: dict, gguf_path: str) -> None:
@@ -228,6 +454,16 @@ def hf_tensor_name(gguf_name: str) -> str:
     if (m := _GLOBAL_TENSOR.fullmatch(gguf_name)) and m[1] in GLOBAL_TENSOR_NAMES:
         return f"{GLOBAL_TENSOR_NAMES[m[1]]}.{m[2]}"
     raise UnsupportedGGUFError(f"tensor {gguf_name!r} has no Llama equivalent")
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (the inverse of hf_tensor_name)."""
+    reverse = {hf: gguf for gguf, hf in {**GLOBAL_TENSOR_NAMES, **LAYER_TENSOR_NAMES}.items()}
+    module, suffix = hf_name.rsplit(".", 1)
+    if module.startswith("model.layers."):
+        _, _, layer, rest = module.split(".", 3)
+        return f"blk.{layer}.{reverse[rest]}.{suffix}"
+    return f"{reverse[module]}.{suffix}"
 
 
 def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -474,18 +710,96 @@ class _staging_dir:
         shutil.rmtree(self.path, ignore_errors=True)  # no-op after a successful move
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread was, so `with` blocks unwind."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM during the block cleans up like Ctrl-C, then the process dies of SIGTERM as it would
+    have. Only where Python lets us (the main thread) and only over the default action: an
+    application's own SIGTERM handler is left alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def unwind(signum, frame):
+        raise _Terminated
+    signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)          # the exit status says "killed by SIGTERM"
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _move_into_place(staging: str, out_dir: str) -> None:
-    if not os.path.exists(out_dir):
+    if not os.path.lexists(out_dir):
         os.rename(staging, out_dir)
         return
     # Replace: move the old folder aside first, since rename() cannot replace a non-empty dir.
     old = _unique_sibling(out_dir, "old")
     os.rename(out_dir, old)
     os.rename(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: str) -> None:
+    """A folder we own, or a symlink to one (the link goes, its target stays)."""
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _unique_sibling(path: str, tag: str) -> str:
     """A hidden name next to `path`, e.g. `.smollm2.partial-1234-9f3a0c1e`."""
     parent, name = os.path.split(path)
     return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_stale_siblings(out_dir: str) -> list[str]:
+    """Remove the staging (`.partial-`) and replaced (`.old-`) siblings of `out_dir` that a killed
+    process left behind: its PID no longer runs here and nothing in it changed for STALE_AFTER_S
+    (the second test keeps a live conversion in another PID namespace safe). Returns what went."""
+    parent, name = os.path.split(out_dir)
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:partial|old)-(\d+)-[0-9a-f]{{8}}")
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        path = os.path.join(parent, entry)
+        if match and not _process_alive(int(match[1])) and _quiet_for(path, STALE_AFTER_S):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _quiet_for(path: str, seconds: float) -> bool:
+    """Nothing in `path` (one level deep: a conversion writes flat files) changed for `seconds`."""
+    try:
+        times = [os.lstat(path).st_mtime]
+        if os.path.isdir(path) and not os.path.islink(path):
+            times += [os.lstat(os.path.join(path, n)).st_mtime for n in os.listdir(path)]
+    except OSError:
+        return False
+    return time.time() - max(times) > seconds

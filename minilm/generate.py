@@ -211,6 +211,7 @@ def decode_steps(model, ids, mask, position_ids, cache, cfg, tokenizer, prompt_p
             with tuner:
                 logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
         scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg, model.backend)
+        check_scores_finite(logits[:, -1], scores, step)
         next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
         next_ids = np.asarray(model.backend.to_numpy(next_ids), dtype=np.int64)  # host ids, any backend
         next_ids = np.where(finished, cfg.pad_token_id, next_ids)
@@ -223,6 +224,21 @@ def decode_steps(model, ids, mask, position_ids, cache, cfg, tokenizer, prompt_p
             return
         step_ids, step_mask = next_ids[:, None], np.ones((B, 1), dtype=np.int64)
         step_pos = step_pos[:, -1:] + 1
+
+
+def check_scores_finite(logits: np.ndarray, scores: np.ndarray, step: int) -> None:
+    """Stop on NaN/Inf instead of sampling garbage (NaN probabilities silently become token 0).
+
+    logits [B, V] as the model gave them must all be finite; the processed scores may hold -inf
+    (filtered tokens), so for them one max per row suffices: NaN if any score is, +inf if one
+    is, -inf if nothing is left (temperature 1e-45 or a NaN repetition_penalty do this).
+    """
+    for what, bad in (("logits", ~np.isfinite(logits).all(axis=-1)),
+                      ("scores after temperature/penalties", ~np.isfinite(np.max(scores, axis=-1)))):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise GenerationError(f"step {step}: the {what} of row {row} contain NaN or Inf; nothing can be "
+                                  "sampled (check the weights, config.json or the sampling arguments)")
 
 
 def _hit_stop_string(tokenizer, generated: np.ndarray, stop_strings: Sequence[str]) -> np.ndarray:

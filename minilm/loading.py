@@ -20,7 +20,7 @@ from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
-from .weights import check_finite, file_identity, read_checkpoint, to_float32
+from .weights import check_finite, check_layer_count, file_identity, read_checkpoint, to_float32
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -114,8 +114,10 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
 def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
     """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
     cfg = load_config(folder)
+    tensors = read_checkpoint(folder)                                        # located, nothing read yet
+    check_layer_count(tensors, cfg.num_hidden_layers, folder)                # before per-layer tables
     specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
-    stored = validate_weights(cfg, specs, read_checkpoint(folder), folder)    # located, nothing read yet
+    stored = validate_weights(cfg, specs, tensors, folder)
     weights, kept = {}, []
     with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
         for name, tensor in stored.items():

@@ -27,6 +27,8 @@ from .ops.attention import attention_mask as visibility
 from .resolve import resolve_model_dir
 
 VISIBLE, MASKED = "■", "⬚"
+# A picture is T x T cells per distinct layer rule; 1024 is already 2 MB of text and beyond reading.
+MAX_LENGTH = 1024
 GREEN, RESET = "\033[92m", "\033[0m"
 
 
@@ -40,15 +42,22 @@ def _config(config_or_model):
 def _padding(length: int | None, attention_mask) -> tuple[np.ndarray, bool]:
     """-> key_valid [B, T] bool, and whether the caller gave a batch (2-D mask)."""
     if attention_mask is None:
-        if length is None or length <= 0:
-            raise ValueError(f"length={length!r} must be a positive integer")
+        check_length(length)
         return np.ones((1, length), dtype=bool), False
     mask = np.asarray(attention_mask).astype(bool)
     batched = mask.ndim == 2
     mask = np.atleast_2d(mask)
     if mask.ndim != 2 or (length is not None and mask.shape[1] != length):
         raise ValueError(f"attention_mask has shape {np.shape(attention_mask)}; expected [{length}] or [B, {length}]")
+    check_length(mask.shape[1])
     return mask, batched
+
+
+def check_length(length, name: str = "length") -> int:
+    """A picture size: a positive integer up to MAX_LENGTH (checked before anything is allocated)."""
+    if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or not 0 < length <= MAX_LENGTH:
+        raise ValueError(f"{name}={length!r} must be an integer from 1 to {MAX_LENGTH}")
+    return int(length)
 
 
 def layer_description(config, i: int) -> str:
@@ -63,18 +72,23 @@ def mask_pictures(config_or_model, length: int | None = None, attention_mask=Non
     """One bool matrix per layer: True where query i (row) may attend to key j (column).
 
     attention_mask: None (no padding), [T] (one sequence) or [B, T] (a batch), 1 = real token.
-    Each matrix is [T, T], or [B, T, T] when attention_mask is 2-D.
+    Each matrix is [T, T], or [B, T, T] when attention_mask is 2-D. Layers with the same
+    window share one read-only array, so memory grows with the distinct rules, not the layers.
     """
     config = _config(config_or_model)
     key_valid, batched = _padding(length, attention_mask)
     T = key_valid.shape[1]
     index = np.arange(T)
-    pictures = []
+    by_window = {}
     family = FAMILIES[config.model_type]
     for i in range(config.num_hidden_layers):
-        mask = visibility(index, index, key_valid, family.layer_window(config, i))   # [B, T, T]
-        pictures.append(mask if batched else mask[0])
-    return pictures
+        window = family.layer_window(config, i)
+        if window not in by_window:
+            mask = visibility(index, index, key_valid, window)                       # [B, T, T]
+            mask = mask if batched else mask[0]
+            mask.flags.writeable = False
+            by_window[window] = mask
+    return [by_window[family.layer_window(config, i)] for i in range(config.num_hidden_layers)]
 
 
 def layer_groups(config) -> list[tuple[list[int], str]]:
@@ -183,10 +197,12 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    model_dir = resolve_model_dir(args.model)
     labels, length = None, args.length
-    if args.pad < 0:
-        raise ValueError(f"--pad={args.pad} must be >= 0")
+    if length is not None:
+        check_length(length, "--length")                 # before any model is converted or read
+    if not 0 <= args.pad < MAX_LENGTH:
+        raise ValueError(f"--pad={args.pad} must be from 0 to {MAX_LENGTH - 1}")
+    model_dir = resolve_model_dir(args.model)
     if args.prompt is not None:
         from .tokenizer import Tokenizer
         tokenizer = Tokenizer.from_pretrained(model_dir)
@@ -195,9 +211,7 @@ def main(args) -> int:
         if length is not None and length != len(labels):
             raise ValueError(f"--length={length} does not match the prompt's {len(ids)} tokens + {args.pad} padding")
         length = len(labels)
-    length = 8 if length is None else length
-    if length <= 0:
-        raise ValueError(f"--length={length} must be a positive integer")
+    length = check_length(8 if length is None else length, "--length")
     if args.pad >= length:
         raise ValueError(f"--pad={args.pad} must be smaller than --length={length}")
     attention_mask = np.arange(length) >= args.pad

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import WeightsError, open_regular_file, regular_file_size
 
 # safetensors dtype -> NumPy storage dtype (bfloat16 travels as its raw bits in uint16)
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
@@ -37,14 +36,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024          # the safetensors library's own li
 
 def check_regular_file(path: str, what: str = "file") -> int:
     """Size of `path`, refusing anything that is not a regular file (directories, FIFOs, devices)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: {what} not found") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise WeightsError(f"{path}: {what} is {kind}")
-    return info.st_size
+    return regular_file_size(path, what, WeightsError)
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class StoredTensor:
     def read(self) -> np.ndarray:
         """A private copy of the stored values (bfloat16 as uint16 bits)."""
         count = self.nbytes // self.storage_dtype.itemsize
-        with open(self.path, "rb") as f:
+        with open_regular_file(self.path, "safetensors file") as f:
             f.seek(self.offset)
             array = np.fromfile(f, dtype=self.storage_dtype, count=count)
         if array.size != count:
@@ -76,14 +68,17 @@ class StoredTensor:
         are shared with every process that maps the same file."""
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=self.storage_dtype)
-        mapped = np.memmap(self.path, dtype=self.storage_dtype, mode="r", offset=self.offset, shape=self.shape)
+        with open_regular_file(self.path, "safetensors file") as f:
+            if os.fstat(f.fileno()).st_size < self.offset + self.nbytes:   # a map past the end would SIGBUS
+                raise WeightsError(f"{self.path}: truncated file: tensor {self.name!r} is cut short")
+            mapped = np.memmap(f, dtype=self.storage_dtype, mode="r", offset=self.offset, shape=self.shape)
         return np.asarray(mapped)        # a plain ndarray view of the same pages (memmap slicing is slow)
 
 
 def read_header(path: str) -> tuple[dict[str, StoredTensor], dict]:
     """-> ({name: StoredTensor} in file order, __metadata__), after checking the format's rules."""
-    size = check_regular_file(path, "safetensors file")
-    with open(path, "rb") as f:
+    with open_regular_file(path, "safetensors file") as f:
+        size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
             raise WeightsError(f"{path}: truncated safetensors file (no header)")
@@ -91,7 +86,8 @@ def read_header(path: str) -> tuple[dict[str, StoredTensor], dict]:
         if header_len > min(MAX_HEADER_BYTES, size - 8):
             raise WeightsError(f"{path}: corrupt safetensors header (length {header_len}, file {size} bytes)")
         header = _parse_json_object(f.read(header_len), path)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise WeightsError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     data_start, data_size = 8 + header_len, size - 8 - header_len
@@ -104,11 +100,12 @@ def read_header(path: str) -> tuple[dict[str, StoredTensor], dict]:
 
 def _parse_json_object(raw: bytes, path: str) -> dict:
     def unique_keys(pairs):
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            duplicate = next(k for k in keys if keys.count(k) > 1)
+        header = dict(pairs)
+        if len(header) != len(pairs):
+            seen = set()
+            duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))   # linear, even for 1M keys
             raise WeightsError(f"{path}: corrupt safetensors header (key {duplicate!r} appears twice)")
-        return dict(pairs)
+        return header
     try:
         header = json.loads(raw, object_pairs_hook=unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -127,7 +124,7 @@ def _check_entry(path: str, name: str, info) -> tuple:
     if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
         raise WeightsError(f"{path}: tensor {name!r} has a malformed header entry")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_index(n) for n in shape):
         raise WeightsError(f"{path}: tensor {name!r} has an invalid shape {shape!r} (non-negative integers)")

@@ -10,18 +10,19 @@ them is `StoredTensor.read()` (a copy) or `.map()` (a read-only memory map).
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 
 import numpy as np
 
-from .errors import WeightsError
+from .errors import WeightsError, load_json_file
 from .formats.bfloat16 import bfloat16_to_float32
 from .safetensors_file import StoredTensor, check_regular_file, read_header
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+_LAYER_PREFIX = re.compile(r"model\.layers\.(\d+)\.")
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -40,14 +41,7 @@ def checkpoint_files(folder: str) -> list[str]:
 
 def read_index(index: str) -> dict[str, str]:
     """The index's weight_map {tensor name: shard file name}."""
-    size = check_regular_file(index, "index file")
-    if size > MAX_INDEX_BYTES:
-        raise WeightsError(f"{index}: {size} bytes is too large for a shard index")
-    try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map")
-    except (ValueError, RecursionError, AttributeError) as e:
-        raise WeightsError(f"{index}: not a valid shard index ({type(e).__name__})") from None
+    weight_map = load_json_file(index, "shard index", WeightsError, MAX_INDEX_BYTES).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise WeightsError(f"{index}: 'weight_map' must map tensor names to shard file names")
     return weight_map
@@ -55,7 +49,7 @@ def read_index(index: str) -> dict[str, str]:
 
 def shard_path(folder: str, name: str, index: str) -> str:
     """The shard's path, refusing names that leave the folder or are not regular files."""
-    if not name or os.path.basename(name) != name or name in (".", "..") or "\\" in name:
+    if not name or os.path.basename(name) != name or name in (".", "..") or "\\" in name or "\0" in name:
         raise WeightsError(f"{index}: shard {name!r} is not a file name inside the model folder")
     path = os.path.join(folder, name)
     if not os.path.lexists(path):
@@ -73,6 +67,15 @@ def read_checkpoint(folder: str) -> dict[str, StoredTensor]:
                 raise WeightsError(f"{path}: tensor {name!r} appears in more than one shard")
             tensors[name] = stored
     return tensors
+
+
+def check_layer_count(tensors: dict, num_hidden_layers: int, folder: str) -> None:
+    """Refuse a config that claims more layers than the checkpoint holds, before any per-layer
+    table is built (num_hidden_layers=10**7 would otherwise cost minutes and gigabytes)."""
+    present = {m[1] for name in tensors if (m := _LAYER_PREFIX.match(name))}
+    if num_hidden_layers > len(present):
+        raise WeightsError(f"{folder}: config.json has num_hidden_layers={num_hidden_layers} but the checkpoint "
+                           f"holds tensors for {len(present)} layers")
 
 
 def check_finite(stored: StoredTensor, values: np.ndarray) -> None:

@@ -166,25 +166,40 @@ def test_default_model_dir_reuses_the_conversion(converted, monkeypatch):
 
 
 def _fake_conversion(folder, gguf_path, **marker_changes):
+    """A folder that passes the completion check: files with content and a marker recording them."""
     os.makedirs(folder, exist_ok=True)
     for name in default_model.REQUIRED_FILES:
-        open(os.path.join(folder, name), "w").close()
-    marker = {**convert.conversion_marker(gguf_path, 272), **marker_changes}
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(name * 1000)
+    marker = {**convert.conversion_marker(gguf_path, 272, folder), **marker_changes}
     with open(os.path.join(folder, convert.MARKER_FILE), "w") as f:
         json.dump(marker, f)
 
 
-@pytest.mark.parametrize("case", ["missing", "no_marker", "old_converter", "other_gguf", "missing_file"])
+def _damage(folder, case):
+    path = os.path.join(folder, "model.safetensors")
+    if case == "missing_file":
+        os.remove(path)
+    elif case == "truncated_file":
+        os.truncate(path, os.path.getsize(path) - 1)
+    elif case == "edited_file":                      # same size, other bytes
+        with open(path, "r+b") as f:
+            f.write(b"X")
+    elif case == "corrupt_marker":
+        with open(os.path.join(folder, convert.MARKER_FILE), "w") as f:
+            f.write('{"converter_version": 2, "files": {')
+
+
+@pytest.mark.parametrize("case", ["missing", "old_converter", "other_gguf", "missing_file", "truncated_file",
+                                  "edited_file", "corrupt_marker"])
 def test_default_model_dir_rebuilds_incomplete_folders(case, smollm2_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("MINILM_CACHE", str(tmp_path))
     folder = str(tmp_path / "SmolLM2-135M-Instruct")
     if case != "missing":
-        changes = {"old_converter": {"converter_version": 0}, "other_gguf": {"source_size": 1}}.get(case, {})
+        source = {**convert.gguf_identity(smollm2_gguf), "size": 1}
+        changes = {"old_converter": {"converter_version": 0}, "other_gguf": {"source": source}}.get(case, {})
         _fake_conversion(folder, smollm2_gguf, **changes)
-        if case == "no_marker":
-            os.remove(os.path.join(folder, convert.MARKER_FILE))
-        if case == "missing_file":
-            os.remove(os.path.join(folder, "model.safetensors"))
+        _damage(folder, case)
     calls = []
     monkeypatch.setattr(default_model, "convert_gguf", lambda *a, **k: calls.append((a, k)))
     assert default_model_dir(progress=False) == folder
@@ -352,9 +367,9 @@ def test_interrupted_conversion_leaves_no_folder(tmp_path, monkeypatch):
 def test_existing_output_needs_overwrite(tmp_path):
     path = write_tiny_gguf(tmp_path / "tiny.gguf", hf_llama_weights())
     out = str(tmp_path / "out")
-    os.makedirs(out)
+    convert_gguf(path, out, progress=False)
     open(os.path.join(out, "stale.txt"), "w").close()
-    with pytest.raises(ConversionError, match="already exists"):
+    with pytest.raises(ConversionError, match="already exists.*--overwrite"):
         convert_gguf(path, out, progress=False)
     convert_gguf(path, out, progress=False, overwrite=True)
     assert "stale.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
@@ -397,7 +412,8 @@ def test_truncated_gguf(tmp_path, smollm2_gguf):
     path = tmp_path / "truncated.gguf"
     with open(smollm2_gguf, "rb") as f:
         path.write_bytes(f.read(4096))
-    _one_line_error(NotAGGUFError, lambda: convert_gguf(str(path), str(tmp_path / "o")), "unreadable GGUF")
+    _one_line_error(NotAGGUFError, lambda: convert_gguf(str(path), str(tmp_path / "o")), str(path),
+                    "corrupt GGUF header", "more than the file can hold")
 
 
 def test_unsupported_architecture(tmp_path):
