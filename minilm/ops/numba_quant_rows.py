@@ -37,6 +37,7 @@ from .numba_simd import (add_f32x8, add_i8x32, ones_i8x32, fma_f32x8, fma_i32x8,
 
 QK = 32
 JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
+LOOPS = dict(error_model="numpy", fastmath=FASTMATH, cache=True)    # plain loops: LLVM inlines them when it pays
 CHOOSE = dict(jit_options=dict(error_model="numpy", fastmath=FASTMATH), inline="always")   # the overloads below
 
 
@@ -134,7 +135,7 @@ def fast_dot_ggml_avx2(w, o, xq, xds, n):
     return fast_dot_q8_0_avx2(blocks, o, xq, xds, n)
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_ggml_portable(w, o, xq, xds, n):
     """The same sums with plain integer loops (any CPU)."""
     blocks = w[0]
@@ -186,7 +187,7 @@ def fast_dot_int8_avx2(w, o, xq, xds, n):
     return sum_f32x8(acc) * row_scale[o]
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_int8_portable(w, o, xq, xds, n):
     codes, row_scale = w
     size = xq.shape[2]
@@ -255,7 +256,7 @@ def fast_dot_int4_avx2(w, o, xq, xds, n):
     return sum_f32x8(acc) + mins
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_int4_portable(w, o, xq, xds, n):
     codes = w[0]
     half = xq.shape[2] // 2
