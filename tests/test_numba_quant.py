@@ -98,6 +98,22 @@ def test_portable_fallback_equals_avx2(weights, fmt, n):
     assert previous == "avx2" and close(portable, avx2, tol=1e-5)
 
 
+@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU: the portable path is the only one")
+@pytest.mark.parametrize("fmt", ["fp4", "nf4"])
+def test_bnb_table_loads_equal_vpermps_lookups(weights, fmt):
+    from numba import njit
+    from minilm.ops.numba_quant_rows import exact_dot_bnb, exact_dot_bnb_avx2
+
+    @njit
+    def both(w, x2, out):
+        for o in range(out.shape[1]):
+            out[0, o], out[1, o] = exact_dot_bnb(w, o, x2, 0), exact_dot_bnb_avx2(w, o, x2, 0)
+    weight = weights[(fmt, "exact")]
+    out = np.empty((2, weight.shape[0]), np.float32)
+    both(NQ.kernel_arrays(weight), np.random.default_rng(5).standard_normal((1, 192)).astype(np.float32), out)
+    assert close(out[0], out[1], tol=1e-5)
+
+
 @pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU")
 def test_fast_kernels_emit_llama_cpp_instructions():
     """Compiled afresh (cached code cannot be inspected): the q8_0 x q8_0 block loop."""

@@ -14,6 +14,9 @@ format; what differs is here, three functions per format family:
     int4   (codes uint8 [OUT, IN/2], scale uint16 [OUT, G], zero uint16 [OUT, G])   bf16 bits
     bnb    (codes uint8 [OUT, IN/2], absmax float32 [OUT, IN/64], table float32 [16])  fp4, nf4
 
+bnb's exact dot looks its codes up with vpermps where the CPU has AVX2 (chosen
+when compiling, from HAS_AVX2) and with plain table loads elsewhere.
+
 Fast-mode activations (numba_quant.quantize_activation_row): xq int8 [N, IN/32, 32]
 codes and xds float32 [N, IN/32, 2] = (d, s) per block, llama.cpp's block_q8_1 with
 float32 d and s. `simd` is a marker array whose dtype picks, at compile time,
@@ -31,9 +34,10 @@ from numba import njit, types
 from numba.extending import overload
 
 from .numba_math import FASTMATH, bf16_bits_to_float32
-from .numba_simd import (add_f32x8, add_i8x32, ones_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16, load_i8x32,
-                         madd_ones, maddubs, nibbles, nibbles_interleaved, scale, scale_add, sign_i8x32, store_f32x8,
-                         sum_f32x8, widen_i8, widen_u8, xor_i8x32, zeros_f32x8)
+from .numba_simd import (HAS_AVX2, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16,
+                         load_i8x32, lookup16, madd_ones, maddubs, nibbles, nibbles_high_first, nibbles_interleaved,
+                         ones_i8x32, scale, scale_add, sign_i8x32, store_f32x8, sum_f32x8, widen_i8, widen_u8,
+                         xor_i8x32, zeros_f32x8)
 
 QK = 32
 JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
@@ -274,7 +278,7 @@ def fast_dot_int4_portable(w, o, xq, xds, n):
 
 # --- bnb: fp4 / nf4, codes first-element-high, absmax per 64, a 16-entry table -------------------
 
-@njit(**JIT)
+@njit(**LOOPS)
 def exact_dot_bnb(w, o, x2, n):
     codes, absmax, table = w
     per_block = codes.shape[1] // absmax.shape[1]                 # 32 bytes = 64 weights
@@ -286,6 +290,22 @@ def exact_dot_bnb(w, o, x2, n):
             s += x2[n, 2 * k] * table[byte >> 4] + x2[n, 2 * k + 1] * table[byte & 15]
         acc += s * absmax[o, blk]
     return acc
+
+
+@njit(**JIT)
+def exact_dot_bnb_avx2(w, o, x2, n):
+    """The same sum, 8 weights at a time: table lookups by vpermps, two FMA chains."""
+    codes, absmax, table = w
+    low, high = load_f32x8(table, (0,)), load_f32x8(table, (8,))
+    per_block = codes.shape[1] // absmax.shape[1]
+    acc = zeros_f32x8()
+    for blk in range(absmax.shape[1]):
+        s0 = s1 = zeros_f32x8()
+        for k in range(blk * per_block, (blk + 1) * per_block, 8):          # 8 bytes = 16 weights
+            s0 = fma_f32x8(load_f32x8(x2, (n, 2 * k)), lookup16(low, high, nibbles_high_first(codes, (o, k))), s0)
+            s1 = fma_f32x8(load_f32x8(x2, (n, 2 * k + 8)), lookup16(low, high, nibbles_high_first(codes, (o, k + 4))), s1)
+        acc = add_f32x8(acc, scale(add_f32x8(s0, s1), absmax[o, blk]))
+    return sum_f32x8(acc)
 
 
 @njit(**JIT)
@@ -408,7 +428,8 @@ def exact_dot(w, o, x2, n):
 
 @overload(exact_dot, **CHOOSE)
 def _exact_dot(w, o, x2, n):
-    impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4, "bnb": exact_dot_bnb}[family(w)]
+    impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4,
+            "bnb": exact_dot_bnb_avx2 if HAS_AVX2 else exact_dot_bnb}[family(w)]          # chosen when compiling
     return lambda w, o, x2, n: impl(w, o, x2, n)
 
 
