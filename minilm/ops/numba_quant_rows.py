@@ -205,45 +205,57 @@ def fast_dot_int8_portable(w, o, xq, xds, n):
 
 
 # --- int4: torchao's nibbles (2i low, 2i+1 high, signed), bf16 scale and zero per group --------
+#
+# Loops run over groups, then over the group's blocks of 32, so the group's scale
+# and zero are widened once and no block index is ever divided.
 
 @njit(**JIT)
-def int4_block(w, o, b):
-    """Block b (32 weights) of row o: its 16 code bytes' position, d = scale, zero (float32)."""
+def int4_group(w, o, g):
+    """Group g of row o: its blocks of 32 weights (first, last + 1) and its float32 scale and zero."""
     codes, group_scale, group_zero = w
-    g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])         # blocks of 32 per group
-    return b * (QK // 2), bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
+    per_group = codes.shape[1] // (QK // 2) // group_scale.shape[1]
+    return g * per_group, (g + 1) * per_group, bf16_bits_to_float32(group_scale[o, g]), \
+        bf16_bits_to_float32(group_zero[o, g])
 
 
 @njit(**JIT)
-def decode_block_int4(w, o, b):
-    i, d, z = int4_block(w, o, b)
-    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)  # q + 8 = nibble ^ 8
-    w0, w1, w2, w3 = widen_i8(add_i8x32(unsigned, -8))                      # q: -8..7
+def int4_unsigned(codes, o, b):
+    """Block b of row o as u = q + 8 (0..15), in element order: the signed nibble s is q & 15, so u = s ^ 8."""
+    return xor_i8x32(nibbles_interleaved(load_i8x16(codes, (o, b * (QK // 2)))), 8)
+
+
+@njit(**JIT)
+def decode_block_int4(codes, o, b, d, z):
+    w0, w1, w2, w3 = widen_i8(add_i8x32(int4_unsigned(codes, o, b), -8))    # q: -8..7
     return scale_add(w0, d, z), scale_add(w1, d, z), scale_add(w2, d, z), scale_add(w3, d, z)
 
 
 @njit(**JIT)
 def exact_dot_int4(w, o, x2, n):
     a0 = a1 = a2 = a3 = zeros_f32x8()
-    for b in range(w[0].shape[1] // (QK // 2)):
-        w0, w1, w2, w3 = decode_block_int4(w, o, b)
-        i = b * QK
-        a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
-        a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
-        a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
-        a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        for b in range(first, end):
+            w0, w1, w2, w3 = decode_block_int4(w[0], o, b, d, z)
+            i = b * QK
+            a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
+            a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
+            a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
+            a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
     return sum_f32x8(add_f32x8(add_f32x8(a0, a1), add_f32x8(a2, a3)))
 
 
 @njit(**JIT)
 def decode_row_int4(w, o, dst, r):
-    for b in range(w[0].shape[1] // (QK // 2)):
-        w0, w1, w2, w3 = decode_block_int4(w, o, b)
-        i = b * QK
-        store_f32x8(dst, (r, i), w0)
-        store_f32x8(dst, (r, i + 8), w1)
-        store_f32x8(dst, (r, i + 16), w2)
-        store_f32x8(dst, (r, i + 24), w3)
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        for b in range(first, end):
+            w0, w1, w2, w3 = decode_block_int4(w[0], o, b, d, z)
+            i = b * QK
+            store_f32x8(dst, (r, i), w0)
+            store_f32x8(dst, (r, i + 8), w1)
+            store_f32x8(dst, (r, i + 16), w2)
+            store_f32x8(dst, (r, i + 24), w3)
 
 
 @njit(**JIT)
@@ -251,12 +263,13 @@ def fast_dot_int4_avx2(w, o, xq, xds, n):
     """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale."""
     acc = zeros_f32x8()
     mins = np.float32(0.0)
-    for b in range(w[0].shape[1] // (QK // 2)):
-        i, d, z = int4_block(w, o, b)
-        unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
-        isum = madd_ones(maddubs(unsigned, load_i8x32(xq, (n, b, 0))))
-        acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
-        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        m = z - np.float32(8.0) * d
+        for b in range(first, end):
+            isum = madd_ones(maddubs(int4_unsigned(w[0], o, b), load_i8x32(xq, (n, b, 0))))
+            acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
+            mins += m * xds[n, b, 1]
     return sum_f32x8(acc) + mins
 
 
@@ -265,14 +278,16 @@ def fast_dot_int4_portable(w, o, xq, xds, n):
     codes = w[0]
     half = xq.shape[2] // 2
     acc = mins = np.float32(0.0)
-    for b in range(codes.shape[1] // half):
-        i, d, z = int4_block(w, o, b)
-        isum = 0
-        for j in range(half):
-            byte = np.int32(codes[o, i + j])
-            isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
-        acc += np.float32(isum) * (d * xds[n, b, 0])
-        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        m = z - np.float32(8.0) * d
+        for b in range(first, end):
+            isum = 0
+            for j in range(half):
+                byte = np.int32(codes[o, b * half + j])
+                isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
+            acc += np.float32(isum) * (d * xds[n, b, 0])
+            mins += m * xds[n, b, 1]
     return acc + mins
 
 
@@ -346,9 +361,10 @@ def block_operands_int8(w, o, b):
 
 @njit(**JIT)
 def block_operands_int4(w, o, b):
-    i, d, z = int4_block(w, o, b)
-    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
-    return unsigned, ones_i8x32(), d, z - np.float32(8.0) * d
+    codes, group_scale, group_zero = w
+    g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])          # prefill: once per 4 rows
+    d, z = bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
+    return int4_unsigned(codes, o, b), ones_i8x32(), d, z - np.float32(8.0) * d
 
 
 @njit(**JIT)
