@@ -63,9 +63,7 @@ def decode_block_ggml(blocks, o, b, kind):
 
 
 @njit(**JIT)
-def exact_dot_ggml(w, o, x2, n):
-    blocks = w[0]
-    kind = blocks.shape[2]
+def exact_dot_blocks(blocks, o, x2, n, kind):
     a0 = a1 = a2 = a3 = zeros_f32x8()                             # 4 accumulators: 4 independent FMA chains
     for b in range(blocks.shape[1]):
         w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
@@ -78,9 +76,17 @@ def exact_dot_ggml(w, o, x2, n):
 
 
 @njit(**JIT)
-def decode_row_ggml(w, o, dst, r):
-    blocks = w[0]
-    kind = blocks.shape[2]
+def exact_dot_ggml(w, o, x2, n):
+    kind = w[0].shape[2]
+    if kind == 20:                              # a constant kind per call: LLVM drops the other formats' branches
+        return exact_dot_blocks(w[0], o, x2, n, 20)
+    if kind == 18:
+        return exact_dot_blocks(w[0], o, x2, n, 18)
+    return exact_dot_blocks(w[0], o, x2, n, 34)
+
+
+@njit(**JIT)
+def decode_row_blocks(blocks, o, dst, r, kind):
     for b in range(blocks.shape[1]):
         w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
         i = b * QK
@@ -88,6 +94,17 @@ def decode_row_ggml(w, o, dst, r):
         store_f32x8(dst, (r, i + 8), w1)
         store_f32x8(dst, (r, i + 16), w2)
         store_f32x8(dst, (r, i + 24), w3)
+
+
+@njit(**JIT)
+def decode_row_ggml(w, o, dst, r):
+    kind = w[0].shape[2]
+    if kind == 20:
+        decode_row_blocks(w[0], o, dst, r, 20)
+    elif kind == 18:
+        decode_row_blocks(w[0], o, dst, r, 18)
+    else:
+        decode_row_blocks(w[0], o, dst, r, 34)
 
 
 @njit(**JIT)
