@@ -298,7 +298,8 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
     layers = sorted({int(n.split(".")[1]) for n in tensors if n.startswith("blk.")})
     order = [f"blk.{i}.{p}.weight" for i in layers
              for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
-    order = [n for n in order if n in tensors] + [("output.weight" if "output.weight" in tensors else "token_embd.weight")]
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"      # tied embeddings: no output
+    order = [n for n in order if n in tensors] + [head]
     exact = [prepare(from_gguf_tensor(tensors[n])) for n in order]
     fast = [w.with_mode("fast") for w in exact]
     f32 = [w.dequantize() for w in exact]
@@ -328,10 +329,13 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
         shapes.setdefault((w.format, w.shape), i)
     for (fmt, shape), i in shapes.items():
         w, bf, x, out = exact[i], to_bf16(f32[i]), xs[i], outs[i]
-        t = timed({"float32": lambda: gemv_f32(x, f32[i], no_bias, out), "bfloat16": lambda: gemv_f32(x, bf, no_bias, out),
+        t = timed({"float32": lambda: gemv_f32(x, f32[i], no_bias, out),
+                   "bfloat16": lambda: gemv_f32(x, bf, no_bias, out),
                    "exact": lambda: LINEAR[(fmt, "exact")](x, w, no_bias, out),
-                   "fast": lambda: LINEAR[(fmt, "fast")](x, fast[i], no_bias, out)}, repeat=max(1, 20_000_000 // w.nbytes))
-        result["gemv"][f"{fmt} {list(shape)}"] = {k: shape[0] * shape[1] / v / 1e9 for k, v in t.items()} | {"load": load()}
+                   "fast": lambda: LINEAR[(fmt, "fast")](x, fast[i], no_bias, out)},
+                  repeat=max(1, 20_000_000 // w.nbytes))
+        weights_per_s = {k: shape[0] * shape[1] / v / 1e9 for k, v in t.items()}
+        result["gemv"][f"{fmt} {list(shape)}"] = weights_per_s | {"load": load()}
 
     def token(weights, mode):
         for w, x, out in zip(weights, xs, outs):

@@ -203,7 +203,8 @@ def fast_dot_int8_avx2(w, o, xq, xds, n):
     codes, row_scale = w
     acc = zeros_f32x8()
     for b in range(codes.shape[1] // QK):
-        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))   # -128 works: |-128| = 128 unsigned
+        # a code of -128 works: vpsignb gives |-128| = 0x80, which vpmaddubsw reads as unsigned 128
+        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))
         acc = fma_i32x8(acc, isum, xds[n, b, 0])
     return sum_f32x8(acc) * row_scale[o]
 
@@ -302,7 +303,8 @@ def fast_dot_int4_portable(w, o, xq, xds, n):
             isum = 0
             for j in range(half):
                 byte = np.int32(codes[o, b * half + j])
-                isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
+                isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) \
+                    + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
             acc += np.float32(isum) * (d * xds[n, b, 0])
             mins += m * xds[n, b, 1]
     return acc + mins
@@ -334,8 +336,10 @@ def exact_dot_bnb_avx2(w, o, x2, n):
     for blk in range(absmax.shape[1]):
         s0 = s1 = zeros_f32x8()
         for k in range(blk * per_block, (blk + 1) * per_block, 8):          # 8 bytes = 16 weights
-            s0 = fma_f32x8(load_f32x8(x2, (n, 2 * k)), lookup16(low, high, nibbles_high_first(codes, (o, k))), s0)
-            s1 = fma_f32x8(load_f32x8(x2, (n, 2 * k + 8)), lookup16(low, high, nibbles_high_first(codes, (o, k + 4))), s1)
+            w0 = lookup16(low, high, nibbles_high_first(codes, (o, k)))
+            w1 = lookup16(low, high, nibbles_high_first(codes, (o, k + 4)))
+            s0 = fma_f32x8(load_f32x8(x2, (n, 2 * k)), w0, s0)
+            s1 = fma_f32x8(load_f32x8(x2, (n, 2 * k + 8)), w1, s1)
         acc = add_f32x8(acc, scale(add_f32x8(s0, s1), absmax[o, blk]))
     return sum_f32x8(acc)
 

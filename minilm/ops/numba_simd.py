@@ -137,15 +137,6 @@ def load_u16(typingctx, array, index):
     return types.uint16(array, index), codegen
 
 
-@intrinsic
-def load_f32(typingctx, array, index):
-    """The float32 at array[index] of any array (a float stored in a byte array)."""
-    def codegen(context, builder, signature, args):
-        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
-        return builder.load(builder.bitcast(ptr, ir.FloatType().as_pointer()), align=1)
-    return types.float32(array, index), codegen
-
-
 # --- byte vectors -----------------------------------------------------------------
 
 @intrinsic
@@ -310,7 +301,8 @@ def sum_f32x8(typingctx, v):
     """v[0] + ... + v[7] as llama.cpp's hsum_float_8: halves added until one lane is left."""
     def codegen(context, builder, signature, args):
         v = args[0]
-        s4 = builder.fadd(builder.shuffle_vector(v, v, lanes(0, 1, 2, 3)), builder.shuffle_vector(v, v, lanes(4, 5, 6, 7)))
+        s4 = builder.fadd(builder.shuffle_vector(v, v, lanes(0, 1, 2, 3)),
+                          builder.shuffle_vector(v, v, lanes(4, 5, 6, 7)))
         s2 = builder.fadd(builder.shuffle_vector(s4, s4, lanes(0, 1)), builder.shuffle_vector(s4, s4, lanes(2, 3)))
         return builder.fadd(builder.extract_element(s2, ir.Constant(I32, 0)),
                             builder.extract_element(s2, ir.Constant(I32, 1)))
