@@ -278,35 +278,46 @@ def decode_row_int4(w, o, dst, r):
 
 @njit(**JIT)
 def fast_dot_int4_avx2(w, o, xq, xds, n):
-    """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale."""
+    """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale.
+    One loop over the blocks (from 0, so indexing xds needs no negative-index fix-up);
+    a countdown says when the next group, with its d and m, starts."""
+    codes, group_scale, group_zero = w
+    per_group = codes.shape[1] // (QK // 2) // group_scale.shape[1]
     acc = zeros_f32x8()
-    mins = np.float32(0.0)
-    for g in range(w[1].shape[1]):
-        first, end, d, z = int4_group(w, o, g)
-        m = z - np.float32(8.0) * d
-        for b in range(first, end):
-            isum = madd_ones(maddubs(int4_unsigned(w[0], o, b), load_i8x32(xq, (n, b, 0))))
-            acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
-            mins += m * xds[n, b, 1]
+    mins = d = m = np.float32(0.0)
+    g = left = 0
+    for b in range(codes.shape[1] // (QK // 2)):
+        if left == 0:
+            d = bf16_bits_to_float32(group_scale[o, g])
+            m = bf16_bits_to_float32(group_zero[o, g]) - np.float32(8.0) * d
+            g, left = g + 1, per_group
+        left -= 1
+        isum = madd_ones(maddubs(int4_unsigned(codes, o, b), load_i8x32(xq, (n, b, 0))))
+        acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
+        mins += m * xds[n, b, 1]
     return sum_f32x8(acc) + mins
 
 
 @njit(**LOOPS)
 def fast_dot_int4_portable(w, o, xq, xds, n):
-    codes = w[0]
+    codes, group_scale, group_zero = w
     half = xq.shape[2] // 2
-    acc = mins = np.float32(0.0)
-    for g in range(w[1].shape[1]):
-        first, end, d, z = int4_group(w, o, g)
-        m = z - np.float32(8.0) * d
-        for b in range(first, end):
-            isum = 0
-            for j in range(half):
-                byte = np.int32(codes[o, b * half + j])
-                isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) \
-                    + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
-            acc += np.float32(isum) * (d * xds[n, b, 0])
-            mins += m * xds[n, b, 1]
+    per_group = codes.shape[1] // half // group_scale.shape[1]
+    acc = mins = d = m = np.float32(0.0)
+    g = left = 0
+    for b in range(codes.shape[1] // half):
+        if left == 0:
+            d = bf16_bits_to_float32(group_scale[o, g])
+            m = bf16_bits_to_float32(group_zero[o, g]) - np.float32(8.0) * d
+            g, left = g + 1, per_group
+        left -= 1
+        isum = 0
+        for j in range(half):
+            byte = np.int32(codes[o, b * half + j])
+            isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) \
+                + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
+        acc += np.float32(isum) * (d * xds[n, b, 0])
+        mins += m * xds[n, b, 1]
     return acc + mins
 
 
