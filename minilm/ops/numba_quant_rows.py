@@ -14,6 +14,9 @@ format; what differs is here, three functions per format family:
     int4   (codes uint8 [OUT, IN/2], scale uint16 [OUT, G], zero uint16 [OUT, G])   bf16 bits
     bnb    (codes uint8 [OUT, IN/2], absmax float32 [OUT, IN/64], table float32 [16])  fp4, nf4
 
+bnb's exact dot looks its codes up with vpermps where the CPU has AVX2 (chosen
+when compiling, from HAS_AVX2) and with plain table loads elsewhere.
+
 Fast-mode activations (numba_quant.quantize_activation_row): xq int8 [N, IN/32, 32]
 codes and xds float32 [N, IN/32, 2] = (d, s) per block, llama.cpp's block_q8_1 with
 float32 d and s. `simd` is a marker array whose dtype picks, at compile time,
@@ -31,12 +34,14 @@ from numba import njit, types
 from numba.extending import overload
 
 from .numba_math import FASTMATH, bf16_bits_to_float32
-from .numba_simd import (add_f32x8, add_i8x32, ones_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16, load_i8x32,
-                         madd_ones, maddubs, nibbles, nibbles_interleaved, scale, scale_add, sign_i8x32, store_f32x8,
-                         sum_f32x8, widen_i8, widen_u8, xor_i8x32, zeros_f32x8)
+from .numba_simd import (HAS_AVX2, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16,
+                         load_i8x32, lookup16, madd_ones, maddubs, nibbles, nibbles_high_first, nibbles_interleaved,
+                         ones_i8x32, scale, scale_add, sign_i8x32, store_f32x8, sum_f32x8, widen_i8, widen_u8,
+                         xor_i8x32, zeros_f32x8)
 
 QK = 32
 JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
+LOOPS = dict(error_model="numpy", fastmath=FASTMATH, cache=True)    # plain loops: LLVM inlines them when it pays
 CHOOSE = dict(jit_options=dict(error_model="numpy", fastmath=FASTMATH), inline="always")   # the overloads below
 
 
@@ -58,9 +63,7 @@ def decode_block_ggml(blocks, o, b, kind):
 
 
 @njit(**JIT)
-def exact_dot_ggml(w, o, x2, n):
-    blocks = w[0]
-    kind = blocks.shape[2]
+def exact_dot_blocks(blocks, o, x2, n, kind):
     a0 = a1 = a2 = a3 = zeros_f32x8()                             # 4 accumulators: 4 independent FMA chains
     for b in range(blocks.shape[1]):
         w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
@@ -73,9 +76,17 @@ def exact_dot_ggml(w, o, x2, n):
 
 
 @njit(**JIT)
-def decode_row_ggml(w, o, dst, r):
-    blocks = w[0]
-    kind = blocks.shape[2]
+def exact_dot_ggml(w, o, x2, n):
+    kind = w[0].shape[2]
+    if kind == 20:                              # a constant kind per call: LLVM drops the other formats' branches
+        return exact_dot_blocks(w[0], o, x2, n, 20)
+    if kind == 18:
+        return exact_dot_blocks(w[0], o, x2, n, 18)
+    return exact_dot_blocks(w[0], o, x2, n, 34)
+
+
+@njit(**JIT)
+def decode_row_blocks(blocks, o, dst, r, kind):
     for b in range(blocks.shape[1]):
         w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
         i = b * QK
@@ -83,6 +94,17 @@ def decode_row_ggml(w, o, dst, r):
         store_f32x8(dst, (r, i + 8), w1)
         store_f32x8(dst, (r, i + 16), w2)
         store_f32x8(dst, (r, i + 24), w3)
+
+
+@njit(**JIT)
+def decode_row_ggml(w, o, dst, r):
+    kind = w[0].shape[2]
+    if kind == 20:
+        decode_row_blocks(w[0], o, dst, r, 20)
+    elif kind == 18:
+        decode_row_blocks(w[0], o, dst, r, 18)
+    else:
+        decode_row_blocks(w[0], o, dst, r, 34)
 
 
 @njit(**JIT)
@@ -134,7 +156,7 @@ def fast_dot_ggml_avx2(w, o, xq, xds, n):
     return fast_dot_q8_0_avx2(blocks, o, xq, xds, n)
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_ggml_portable(w, o, xq, xds, n):
     """The same sums with plain integer loops (any CPU)."""
     blocks = w[0]
@@ -181,12 +203,13 @@ def fast_dot_int8_avx2(w, o, xq, xds, n):
     codes, row_scale = w
     acc = zeros_f32x8()
     for b in range(codes.shape[1] // QK):
-        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))   # -128 works: |-128| = 128 unsigned
+        # a code of -128 works: vpsignb gives |-128| = 0x80, which vpmaddubsw reads as unsigned 128
+        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))
         acc = fma_i32x8(acc, isum, xds[n, b, 0])
     return sum_f32x8(acc) * row_scale[o]
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_int8_portable(w, o, xq, xds, n):
     codes, row_scale = w
     size = xq.shape[2]
@@ -200,80 +223,107 @@ def fast_dot_int8_portable(w, o, xq, xds, n):
 
 
 # --- int4: torchao's nibbles (2i low, 2i+1 high, signed), bf16 scale and zero per group --------
+#
+# Loops run over groups, then over the group's blocks of 32, so the group's scale
+# and zero are widened once and no block index is ever divided.
 
 @njit(**JIT)
-def int4_block(w, o, b):
-    """Block b (32 weights) of row o: its 16 code bytes' position, d = scale, zero (float32)."""
+def int4_group(w, o, g):
+    """Group g of row o: its blocks of 32 weights (first, last + 1) and its float32 scale and zero."""
     codes, group_scale, group_zero = w
-    g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])         # blocks of 32 per group
-    return b * (QK // 2), bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
+    per_group = codes.shape[1] // (QK // 2) // group_scale.shape[1]
+    return g * per_group, (g + 1) * per_group, bf16_bits_to_float32(group_scale[o, g]), \
+        bf16_bits_to_float32(group_zero[o, g])
 
 
 @njit(**JIT)
-def decode_block_int4(w, o, b):
-    i, d, z = int4_block(w, o, b)
-    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)  # q + 8 = nibble ^ 8
-    w0, w1, w2, w3 = widen_i8(add_i8x32(unsigned, -8))                      # q: -8..7
+def int4_unsigned(codes, o, b):
+    """Block b of row o as u = q + 8 (0..15), in element order: the signed nibble s is q & 15, so u = s ^ 8."""
+    return xor_i8x32(nibbles_interleaved(load_i8x16(codes, (o, b * (QK // 2)))), 8)
+
+
+@njit(**JIT)
+def decode_block_int4(codes, o, b, d, z):
+    w0, w1, w2, w3 = widen_i8(add_i8x32(int4_unsigned(codes, o, b), -8))    # q: -8..7
     return scale_add(w0, d, z), scale_add(w1, d, z), scale_add(w2, d, z), scale_add(w3, d, z)
 
 
 @njit(**JIT)
 def exact_dot_int4(w, o, x2, n):
     a0 = a1 = a2 = a3 = zeros_f32x8()
-    for b in range(w[0].shape[1] // (QK // 2)):
-        w0, w1, w2, w3 = decode_block_int4(w, o, b)
-        i = b * QK
-        a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
-        a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
-        a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
-        a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        for b in range(first, end):
+            w0, w1, w2, w3 = decode_block_int4(w[0], o, b, d, z)
+            i = b * QK
+            a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
+            a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
+            a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
+            a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
     return sum_f32x8(add_f32x8(add_f32x8(a0, a1), add_f32x8(a2, a3)))
 
 
 @njit(**JIT)
 def decode_row_int4(w, o, dst, r):
-    for b in range(w[0].shape[1] // (QK // 2)):
-        w0, w1, w2, w3 = decode_block_int4(w, o, b)
-        i = b * QK
-        store_f32x8(dst, (r, i), w0)
-        store_f32x8(dst, (r, i + 8), w1)
-        store_f32x8(dst, (r, i + 16), w2)
-        store_f32x8(dst, (r, i + 24), w3)
+    for g in range(w[1].shape[1]):
+        first, end, d, z = int4_group(w, o, g)
+        for b in range(first, end):
+            w0, w1, w2, w3 = decode_block_int4(w[0], o, b, d, z)
+            i = b * QK
+            store_f32x8(dst, (r, i), w0)
+            store_f32x8(dst, (r, i + 8), w1)
+            store_f32x8(dst, (r, i + 16), w2)
+            store_f32x8(dst, (r, i + 24), w3)
 
 
 @njit(**JIT)
 def fast_dot_int4_avx2(w, o, xq, xds, n):
-    """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale."""
+    """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale.
+    One loop over the blocks (from 0, so indexing xds needs no negative-index fix-up);
+    a countdown says when the next group, with its d and m, starts."""
+    codes, group_scale, group_zero = w
+    per_group = codes.shape[1] // (QK // 2) // group_scale.shape[1]
     acc = zeros_f32x8()
-    mins = np.float32(0.0)
-    for b in range(w[0].shape[1] // (QK // 2)):
-        i, d, z = int4_block(w, o, b)
-        unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
-        isum = madd_ones(maddubs(unsigned, load_i8x32(xq, (n, b, 0))))
+    mins = d = m = np.float32(0.0)
+    g = left = 0
+    for b in range(codes.shape[1] // (QK // 2)):
+        if left == 0:
+            d = bf16_bits_to_float32(group_scale[o, g])
+            m = bf16_bits_to_float32(group_zero[o, g]) - np.float32(8.0) * d
+            g, left = g + 1, per_group
+        left -= 1
+        isum = madd_ones(maddubs(int4_unsigned(codes, o, b), load_i8x32(xq, (n, b, 0))))
         acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
-        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+        mins += m * xds[n, b, 1]
     return sum_f32x8(acc) + mins
 
 
-@njit(**JIT)
+@njit(**LOOPS)
 def fast_dot_int4_portable(w, o, xq, xds, n):
-    codes = w[0]
+    codes, group_scale, group_zero = w
     half = xq.shape[2] // 2
-    acc = mins = np.float32(0.0)
+    per_group = codes.shape[1] // half // group_scale.shape[1]
+    acc = mins = d = m = np.float32(0.0)
+    g = left = 0
     for b in range(codes.shape[1] // half):
-        i, d, z = int4_block(w, o, b)
+        if left == 0:
+            d = bf16_bits_to_float32(group_scale[o, g])
+            m = bf16_bits_to_float32(group_zero[o, g]) - np.float32(8.0) * d
+            g, left = g + 1, per_group
+        left -= 1
         isum = 0
         for j in range(half):
-            byte = np.int32(codes[o, i + j])
-            isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
+            byte = np.int32(codes[o, b * half + j])
+            isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) \
+                + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
         acc += np.float32(isum) * (d * xds[n, b, 0])
-        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+        mins += m * xds[n, b, 1]
     return acc + mins
 
 
 # --- bnb: fp4 / nf4, codes first-element-high, absmax per 64, a 16-entry table -------------------
 
-@njit(**JIT)
+@njit(**LOOPS)
 def exact_dot_bnb(w, o, x2, n):
     codes, absmax, table = w
     per_block = codes.shape[1] // absmax.shape[1]                 # 32 bytes = 64 weights
@@ -285,6 +335,24 @@ def exact_dot_bnb(w, o, x2, n):
             s += x2[n, 2 * k] * table[byte >> 4] + x2[n, 2 * k + 1] * table[byte & 15]
         acc += s * absmax[o, blk]
     return acc
+
+
+@njit(**JIT)
+def exact_dot_bnb_avx2(w, o, x2, n):
+    """The same sum, 8 weights at a time: table lookups by vpermps, two FMA chains."""
+    codes, absmax, table = w
+    low, high = load_f32x8(table, (0,)), load_f32x8(table, (8,))
+    per_block = codes.shape[1] // absmax.shape[1]
+    acc = zeros_f32x8()
+    for blk in range(absmax.shape[1]):
+        s0 = s1 = zeros_f32x8()
+        for k in range(blk * per_block, (blk + 1) * per_block, 8):          # 8 bytes = 16 weights
+            w0 = lookup16(low, high, nibbles_high_first(codes, (o, k)))
+            w1 = lookup16(low, high, nibbles_high_first(codes, (o, k + 4)))
+            s0 = fma_f32x8(load_f32x8(x2, (n, 2 * k)), w0, s0)
+            s1 = fma_f32x8(load_f32x8(x2, (n, 2 * k + 8)), w1, s1)
+        acc = add_f32x8(acc, scale(add_f32x8(s0, s1), absmax[o, blk]))
+    return sum_f32x8(acc)
 
 
 @njit(**JIT)
@@ -325,9 +393,10 @@ def block_operands_int8(w, o, b):
 
 @njit(**JIT)
 def block_operands_int4(w, o, b):
-    i, d, z = int4_block(w, o, b)
-    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
-    return unsigned, ones_i8x32(), d, z - np.float32(8.0) * d
+    codes, group_scale, group_zero = w
+    g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])          # prefill: once per 4 rows
+    d, z = bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
+    return int4_unsigned(codes, o, b), ones_i8x32(), d, z - np.float32(8.0) * d
 
 
 @njit(**JIT)
@@ -407,7 +476,8 @@ def exact_dot(w, o, x2, n):
 
 @overload(exact_dot, **CHOOSE)
 def _exact_dot(w, o, x2, n):
-    impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4, "bnb": exact_dot_bnb}[family(w)]
+    impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4,
+            "bnb": exact_dot_bnb_avx2 if HAS_AVX2 else exact_dot_bnb}[family(w)]          # chosen when compiling
     return lambda w, o, x2, n: impl(w, o, x2, n)
 
 

@@ -15,7 +15,7 @@ optimiser a loop written with them holds its vectors in ymm registers.
     I32x8    <8 x i32>        vpmaddwd's sums: 8 partial integer dot products
     F32x8    <8 x float>      an accumulator of 8 float32 lanes
 
-Only `sign_i8x32`, `maddubs` and `madd_ones` are x86 instructions
+Only `sign_i8x32`, `maddubs`, `madd_ones` and `lookup16` are x86 instructions
 (`llvm.x86.avx2.*`); the kernels use them only when the CPU has AVX2 (see
 HAS_AVX2) and otherwise run plain loops. Everything else here is generic
 LLVM that compiles for any CPU. Loads take an index tuple into an array and do
@@ -137,15 +137,6 @@ def load_u16(typingctx, array, index):
     return types.uint16(array, index), codegen
 
 
-@intrinsic
-def load_f32(typingctx, array, index):
-    """The float32 at array[index] of any array (a float stored in a byte array)."""
-    def codegen(context, builder, signature, args):
-        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
-        return builder.load(builder.bitcast(ptr, ir.FloatType().as_pointer()), align=1)
-    return types.float32(array, index), codegen
-
-
 # --- byte vectors -----------------------------------------------------------------
 
 @intrinsic
@@ -195,6 +186,19 @@ def xor_i8x32(typingctx, v, c):
     return I8x32(I8x32, c), codegen
 
 
+@intrinsic
+def nibbles_high_first(typingctx, array, index):
+    """The 4 bytes at array[index] as 8 codes, int32 lanes, HIGH nibble first (bitsandbytes' order):
+    [b0 >> 4, b0 & 15, b1 >> 4, b1 & 15, ...] (vpmovzxbd, vpsrlvd, vpand)."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        four = builder.load(builder.bitcast(ptr, ir.VectorType(ir.IntType(8), 4).as_pointer()), align=1)
+        wide = builder.zext(builder.shuffle_vector(four, four, lanes(0, 0, 1, 1, 2, 2, 3, 3)), I32x8.llvm)
+        shifted = builder.lshr(wide, ir.Constant(I32x8.llvm, [4, 0] * 4))
+        return builder.and_(shifted, ir.Constant(I32x8.llvm, [15] * 8))
+    return I32x8(array, index), codegen
+
+
 # --- the AVX2 integer dot product (llama.cpp's sequence) ----------------------------
 
 @intrinsic
@@ -222,6 +226,19 @@ def madd_ones(typingctx, v):
         ones = ir.Constant(I16x16.llvm, [1] * 16)
         return call(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm, args[0], ones)
     return I32x8(I16x16), codegen
+
+
+@intrinsic
+def lookup16(typingctx, low, high, codes):
+    """[table[c] for c in codes]: a 16-entry float32 table given as its halves low = table[0:8],
+    high = table[8:16], codes 0..15 (vpermps on each half, then vblendvps on bit 3)."""
+    def codegen(context, builder, signature, args):
+        low, high, codes = args
+        from_low = call(builder, "llvm.x86.avx2.permps", F32x8.llvm, low, codes)
+        from_high = call(builder, "llvm.x86.avx2.permps", F32x8.llvm, high, codes)
+        upper = builder.icmp_unsigned(">", codes, ir.Constant(I32x8.llvm, [7] * 8))
+        return builder.select(upper, from_high, from_low)
+    return F32x8(F32x8, F32x8, I32x8), codegen
 
 
 # --- float vectors ------------------------------------------------------------------
@@ -284,7 +301,8 @@ def sum_f32x8(typingctx, v):
     """v[0] + ... + v[7] as llama.cpp's hsum_float_8: halves added until one lane is left."""
     def codegen(context, builder, signature, args):
         v = args[0]
-        s4 = builder.fadd(builder.shuffle_vector(v, v, lanes(0, 1, 2, 3)), builder.shuffle_vector(v, v, lanes(4, 5, 6, 7)))
+        s4 = builder.fadd(builder.shuffle_vector(v, v, lanes(0, 1, 2, 3)),
+                          builder.shuffle_vector(v, v, lanes(4, 5, 6, 7)))
         s2 = builder.fadd(builder.shuffle_vector(s4, s4, lanes(0, 1)), builder.shuffle_vector(s4, s4, lanes(2, 3)))
         return builder.fadd(builder.extract_element(s2, ir.Constant(I32, 0)),
                             builder.extract_element(s2, ir.Constant(I32, 1)))
