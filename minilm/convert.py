@@ -5,7 +5,8 @@
 writes
 
     config.json              LlamaForCausalLM hyperparameters from the GGUF metadata
-    generation_config.json   bos / eos / pad ids
+    generation_config.json   bos / eos / pad ids (+ the model card's sampling settings, for models listed
+                             in CARD_SAMPLING)
     model.safetensors        every tensor dequantized to float32, under its HF name
     tokenizer.json           byte-level BPE rebuilt from the GGUF vocab and merges
     tokenizer_config.json    special tokens and the chat template
@@ -38,7 +39,7 @@ from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: generation_config.json carries the model card's sampling settings
 MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that gets renamed into place
 GGUF_MAGIC = b"GGUF"
 
@@ -76,7 +77,7 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
         raise ConversionError(f"{out_dir} already exists (pass overwrite=True to replace it)")
     with _staging_dir(out_dir) as staging:
         _write_json(os.path.join(staging, "config.json"), config)
-        _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
+        _write_json(os.path.join(staging, "generation_config.json"), generation_config(config, gguf_path))
         write_tokenizer_files(tokenizer, metadata, staging)
         with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
             write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
@@ -167,8 +168,17 @@ def llama_config(metadata: dict, tensor_names: list[str]) -> dict:
     return config
 
 
-def generation_config(config: dict) -> dict:
-    return {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
+# A GGUF carries no sampling settings; for the default model (by file name, before the quantization suffix)
+# they are the ones its model card samples with: HuggingFaceTB/SmolLM2-135M-Instruct's card calls
+# model.generate(..., temperature=0.2, top_p=0.9, do_sample=True).
+CARD_SAMPLING = {"SmolLM2-135M-Instruct": {"do_sample": True, "temperature": 0.2, "top_p": 0.9}}
+
+
+def generation_config(config: dict, gguf_path: str = "") -> dict:
+    """generation_config.json: bos / eos / pad ids, and the model card's sampling settings if known."""
+    ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
+    model_name = os.path.basename(gguf_path).split(".")[0]
+    return {**ids, **CARD_SAMPLING.get(model_name, {})}
 
 
 def _metadata_getter(metadata: dict, prefix: str):

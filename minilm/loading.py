@@ -7,6 +7,7 @@ the backend prepares it (or refuses its format by name).
 """
 from __future__ import annotations
 
+import json
 import os
 
 from .backends import get_backend
@@ -70,6 +71,7 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
                          "(quantized formats: quantize=...)")
     folder = resolve_model_path(os.path.expanduser(str(path_or_repo_id)))
     cfg = load_config(folder)
+    generation_config = load_generation_config(folder)      # read before the weights: a bad file fails fast
     family = FAMILIES[cfg.model_type]
     ops = get_backend(backend, **backend_options)
     specs = family.tensor_specs(cfg)
@@ -90,4 +92,24 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
             bar.set_postfix_str(name, refresh=False)
     model = family(cfg, weights, ops)
     model.path = folder
+    model.generation_config = generation_config
     return model
+
+
+def load_generation_config(folder: str) -> dict:
+    """The checkpoint's generation_config.json as a dict ({} when it has none).
+
+    Like transformers' `model.generation_config`: `generate` and the CLI take their sampling
+    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given.
+    """
+    path = os.path.join(folder, "generation_config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
