@@ -12,7 +12,7 @@ ROOT = Path(minilm.__file__).resolve().parent
 
 # Lowest first. A module name matches an entry equal to it or starting with "entry.".
 LAYERS = [
-    ["minilm.errors"],
+    ["minilm.errors", "minilm.extras"],
     ["minilm.formats", "minilm.safetensors_file", "minilm.progress"],
     ["minilm.ops"],
     ["minilm.cuda"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["minilm.resolve"],
     ["minilm.loading"],
     ["minilm", "minilm.testing"],
-    ["minilm.masks", "minilm.parity", "minilm.bench"],
+    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.chat"],
     ["minilm.cli"],
 ]
 
