@@ -54,9 +54,13 @@ def check_prompt_fits(ids: np.ndarray, args) -> None:
         raise CLIError(f"the prompt has {ids.shape[1]} tokens; max_position_embeddings={max_pos} leaves no room")
 
 
+def option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
 def check_sampling_args(args) -> None:
     """The options given on the command line, before anything is loaded."""
-    check_settings({key: getattr(args, key) for key in SETTING_OPTIONS}, spell=lambda key: "--" + key.replace("_", "-"))
+    check_settings({key: getattr(args, key) for key in SETTING_OPTIONS}, spell=option_name)
     threads = getattr(args, "threads", None)
     if threads is not None and threads <= 0:
         raise CLIError(f"--threads={threads} must be a positive integer")
@@ -69,7 +73,8 @@ def sampling_settings(args) -> dict:
     from .loading import load_generation_config
     settings, sources = effective_settings({key: getattr(args, key) for key in SETTING_OPTIONS},
                                            load_generation_config(args.model_dir))
-    check_settings(settings, spell=lambda key: key if sources[key] != "command line" else "--" + key.replace("_", "-"))
+    # A bad value can only come from generation_config.json here: name it as the file does.
+    check_settings(settings, spell=lambda key: option_name(key) if sources[key] == "command line" else key)
     if args.verbose:
         print(f"[model {args.model_dir}; backend {args.backend}, weights {args.weight_dtype}"
               f"{f', {args.threads} threads' if args.threads else ''}]", file=sys.stderr)
