@@ -4,22 +4,38 @@ Each layer's `update(k, v, query_index)` stores the new keys/values and returns
 what this forward attends over: keys, values [B, S, KV, HD] and key_index [S],
 the token index of every key slot (-1 = empty). Masks are built from token
 indices, so the order of slots in the ring does not matter.
+
+dtype="bfloat16" stores keys and values as bfloat16 bits (uint16), half the
+memory of float32; attention widens them as it reads and accumulates in float32.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .formats.bfloat16 import to_bfloat16
+
+CACHE_DTYPES = {"float32": np.float32, "bfloat16": np.uint16}
+
+
+def storage(dtype: str):
+    """-> (NumPy storage dtype, float32 [...] -> stored [...]) for a cache dtype."""
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype={dtype!r} must be one of {', '.join(CACHE_DTYPES)}")
+    return CACHE_DTYPES[dtype], (to_bfloat16 if dtype == "bfloat16" else (lambda a: a))
+
 
 class FullLayerCache:
     """Keeps every token; capacity doubles as the sequence grows."""
 
-    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, capacity: int = 64):
+    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, dtype: str = "float32",
+                 capacity: int = 64):
         self.backend, self.length = backend, 0
+        self.dtype, self.store = storage(dtype)
         self.keys = self._zeros(batch, capacity, kv_heads, head_dim)
         self.values = self._zeros(batch, capacity, kv_heads, head_dim)
 
     def _zeros(self, *shape):
-        return self.backend.asarray(np.zeros(shape, dtype=np.float32))
+        return self.backend.asarray(np.zeros(shape, dtype=self.dtype))
 
     def _grow(self, needed: int) -> None:
         capacity = self.keys.shape[1]
@@ -33,6 +49,7 @@ class FullLayerCache:
 
     def update(self, k, v, query_index: np.ndarray):
         T = k.shape[1]
+        k, v = self.store(k), self.store(v)
         if self.length + T > self.keys.shape[1]:
             self._grow(self.length + T)
         self.keys[:, self.length:self.length + T] = k
@@ -50,9 +67,10 @@ class SlidingLayerCache:
     T > 1 tokens attends over ring + chunk, then keeps the chunk's last W tokens.
     """
 
-    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, window: int):
+    def __init__(self, backend, batch: int, kv_heads: int, head_dim: int, window: int, dtype: str = "float32"):
         self.backend, self.window = backend, window
-        zeros = np.zeros((batch, window, kv_heads, head_dim), dtype=np.float32)
+        self.dtype, self.store = storage(dtype)
+        zeros = np.zeros((batch, window, kv_heads, head_dim), dtype=self.dtype)
         self.keys, self.values = backend.asarray(zeros), backend.asarray(zeros.copy())
         self.slot_index = np.full(window, -1, dtype=np.int64)  # token index held by each slot
 
@@ -65,13 +83,14 @@ class SlidingLayerCache:
 
     def update(self, k, v, query_index: np.ndarray):
         T = k.shape[1]
+        k, v = self.store(k), self.store(v)
         if T == 1:
             self._write(k, v, query_index)
             return self.keys, self.values, self.slot_index.copy()
         W = self.window
         B, _, KV, HD = k.shape
-        keys = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=np.float32))
-        values = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=np.float32))
+        keys = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=self.dtype))
+        values = self.backend.asarray(np.zeros((B, W + T, KV, HD), dtype=self.dtype))
         keys[:, :W], keys[:, W:] = self.keys, k           # [B, W + T, KV, HD]
         values[:, :W], values[:, W:] = self.values, v
         key_index = np.concatenate([self.slot_index, query_index])
@@ -82,13 +101,16 @@ class SlidingLayerCache:
 class KVCache:
     """One cache per layer, plus the padding mask and length of everything seen so far."""
 
-    def __init__(self, windows: list, kv_heads: int, head_dim: int, backend, batch_size: int):
-        """windows: per layer, the sliding window W or None (full attention)."""
+    def __init__(self, windows: list, kv_heads: int, head_dim: int, backend, batch_size: int,
+                 dtype: str = "float32"):
+        """windows: per layer, the sliding window W or None (full attention); dtype: "float32" | "bfloat16"."""
         self.batch_size = batch_size
         self.seq_len = 0
         self.attention_mask = np.zeros((batch_size, 0), dtype=bool)  # [B, seq_len]
         args = (backend, batch_size, kv_heads, head_dim)
-        self.layers = [SlidingLayerCache(*args, w) if w else FullLayerCache(*args) for w in windows]
+        self.layers = [SlidingLayerCache(*args, w, dtype) if w else FullLayerCache(*args, dtype) for w in windows]
+        self.bytes_per_token = sum(2 * kv_heads * head_dim * np.dtype(storage(dtype)[0]).itemsize
+                                   for w in windows if not w)    # what grows: full layers (sliding ones stop at W)
 
     def stored_lengths(self) -> list[int]:
         """How many tokens each layer holds (a sliding layer holds at most W)."""

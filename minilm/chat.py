@@ -139,10 +139,11 @@ class Reply:
 
 
 def stream_reply(model, tokenizer, ids: np.ndarray, settings: dict, backend: str, out=None,
-                 interruptible: bool = False) -> Reply:
+                 interruptible: bool = False, threads: int | None = None) -> Reply:
     """Print the reply as it is generated; return it. Speed goes to stderr.
 
     interruptible: Ctrl-C stops the reply and returns what was printed (chat); otherwise it propagates.
+    threads: a fixed kernel thread count; None lets generate adapt it per step.
     Tokens/s counts from the first piece on, so prefill (and Numba's one-time compilation
     on a first run) shows separately as the time to the first token.
     """
@@ -150,7 +151,7 @@ def stream_reply(model, tokenizer, ids: np.ndarray, settings: dict, backend: str
     out = out or sys.stdout
     pieces, start, first, stopped = [], time.perf_counter(), None, False
     try:
-        for piece in stream_text(model, tokenizer, ids, **sampling_kwargs(settings)):
+        for piece in stream_text(model, tokenizer, ids, threads=threads, **sampling_kwargs(settings)):
             first = first or time.perf_counter()
             pieces.append(piece)
             out.write(piece)
@@ -185,6 +186,7 @@ class ChatSession:
     settings: dict
     backend: str
     system: str | None = None
+    threads: int | None = None
     messages: list = field(default_factory=list)     # user / assistant turns, oldest first
 
     def conversation(self, messages: list | None = None) -> list[dict]:
@@ -257,7 +259,7 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         try:
             reply = stream_reply(self.model, self.tokenizer, self.fitted_prompt(), self.settings, self.backend,
-                                 interruptible=True)
+                                 interruptible=True, threads=self.threads)
         except KeyboardInterrupt:   # before the first token (tokenizing, prefill): nothing to keep
             self.messages.pop()
             print(file=sys.stdout, flush=True)

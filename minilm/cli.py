@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import __version__, bench, masks, parity
+from . import __version__, bench, masks, parity, testing
 from .chat import (ChatSession, check_settings, effective_settings, format_settings, prompt_ids, run_chat,
                    stream_reply)
 from .extras import require_extra
@@ -96,7 +96,7 @@ def cmd_generate(args) -> int:
     settings = sampling_settings(args)
     ids = prompt_ids(tokenizer, system_messages(args) + [{"role": "user", "content": args.prompt}])
     check_prompt_fits(ids, args)
-    stream_reply(load_model(args), tokenizer, ids, settings, args.backend)
+    stream_reply(load_model(args), tokenizer, ids, settings, args.backend, threads=args.threads)
     return 0
 
 
@@ -104,7 +104,8 @@ def cmd_chat(args) -> int:
     check_sampling_args(args)
     tokenizer = load_tokenizer(args)
     settings = sampling_settings(args)
-    session = ChatSession(load_model(args), tokenizer, settings, args.backend, system=args.system)
+    session = ChatSession(load_model(args), tokenizer, settings, args.backend, system=args.system,
+                          threads=args.threads)
     return run_chat(session)
 
 
@@ -179,7 +180,8 @@ def _add_model_args(p, sampling: bool = True) -> None:
     p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="how weight matrices are stored (arithmetic is float32 either way)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of the numba backend (default: all cores)")
+                   help="CPU threads of the numba backend (default: all cores, or 1 on a decode step where "
+                        "that is faster because another process holds a core)")
     if sampling:
         p.add_argument("--verbose", action="store_true",
                        help="show the model folder and the effective settings, and where each comes from")
@@ -230,11 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, sampling=False)
     p.set_defaults(func=cmd_perplexity)
 
-    for module, func, help_text in [(bench, bench.main, "speed of every backend side by side"),
-                                    (parity, cmd_parity, "layer-by-layer error against transformers "
-                                                         "(the [parity] extra)"),
-                                    (masks, cmd_masks, "draw attention masks (--png: the [notebooks] extra)")]:
-        p = add_command(sub, module.__name__.rsplit(".", 1)[-1], help_text)
+    for name, module, func, help_text in [
+            ("bench", bench, bench.main, "speed of every backend side by side"),
+            ("parity", parity, cmd_parity, "layer-by-layer error against transformers (the [parity] extra)"),
+            ("masks", masks, cmd_masks, "draw attention masks (--png: the [notebooks] extra)"),
+            ("random-checkpoint", testing, testing.main, "write a random-weight checkpoint of a real config, "
+                                                         "one tensor at a time")]:
+        p = add_command(sub, name, help_text)
         module.add_arguments(p)
         p.set_defaults(func=func)
     return parser

@@ -9,6 +9,7 @@ Each step (docs/semantics.md sections 8.2-8.4):
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -111,8 +112,88 @@ def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.nda
     return scores
 
 
-def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwargs) -> Iterator[np.ndarray]:
-    """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad)."""
+class ThreadTuner:
+    """The thread count of each decode step: all cores, unless another process holds one of them.
+
+    A decode step is ~200 parallel regions (one per matrix), and every region ends when its slowest
+    thread does: a thread that shares its core with another process waits for a time slice at each
+    of them, and one thread alone is then several times faster (measured: docs/benchmarks.md). So
+    every step is timed, now and then one step runs with the other thread count, and the faster
+    count (median of its recent steps) is kept. A probe that loses waits twice as long before the
+    next one (up to 64 steps), so a steady machine pays ~1% for the watching.
+    """
+
+    def __init__(self, ops, threads: int | None = None):
+        self.ops = ops
+        self.full = ops.threads()
+        self.fixed = threads is not None or self.full == 1
+        self.current = ops.threads(threads) if threads is not None else self.full
+        self.times = {self.full: [], 1: []}
+        self.interval, self.countdown, self.probing = 4, 4, False
+
+    def __enter__(self):
+        if not self.fixed:
+            self.ops.threads(self.current)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.fixed:
+            return
+        times = self.times[self.current]
+        times.append(time.perf_counter() - self.start)
+        del times[:-5]
+        self.countdown -= 1
+        if self.probing:                                  # the probe step is done: keep the faster count
+            best = min(self.times, key=lambda n: median(self.times[n]) if self.times[n] else float("inf"))
+            self.interval = 4 if best != self.current_before else min(2 * self.interval, 64)
+            self.current, self.probing, self.countdown = best, False, self.interval
+        elif self.countdown <= 0:                         # time to try the other count for one step
+            self.current_before = self.current
+            self.current = 1 if self.current == self.full else self.full
+            self.probing = True
+
+    def restore(self) -> None:
+        """Leave the backend with all its threads (prefill and other callers want them)."""
+        if not self.fixed:
+            self.ops.threads(self.full)
+
+
+def median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+PREFILL_CHUNK = 512   # prompt tokens per forward: bounds activation memory; sliding layers cost O(T * W)
+
+
+def prefill(model, ids, mask, positions, cache, chunk: int = PREFILL_CHUNK, on_progress=None) -> np.ndarray:
+    """Feed the prompt [B, T] through the cache `chunk` tokens at a time; -> the last position's
+    logits [B, 1, V]. on_progress(done, total) after each chunk.
+
+    Each chunk attends over the cache and itself, so the result equals one forward over the whole
+    prompt (a sliding layer's ring keeps the last W keys, all a later chunk can see). RoPE types whose
+    frequencies depend on the call's length (dynamic, longrope) prefill in one forward instead.
+    """
+    T = ids.shape[1]
+    if chunk <= 0 or model.rotary.depends_on_length:
+        chunk = T
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        logits = model(ids[:, start:end], attention_mask=mask[:, start:end], cache=cache,
+                       position_ids=positions[:, start:end], logits_to_keep=1).logits
+        if on_progress:
+            on_progress(end, T)
+    return logits
+
+
+def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
+                    on_prefill_progress=None, threads: int | None = None, **kwargs) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad).
+
+    The prompt is prefilled `prefill_chunk` tokens at a time (on_prefill_progress(done, total) after
+    each chunk); then one token per step through the KV cache. threads: a fixed thread count for the
+    kernels; None adapts it per step to what the machine gives (ThreadTuner).
+    """
     cfg = make_generation_config(model, **kwargs)
     ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
     B, T = ids.shape
@@ -129,13 +210,28 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, **kwa
     prompt_pad = np.cumsum(mask, axis=1) == 0                   # left padding before the first real token
     # transformers' generate: positions count real tokens only; pads sit at 0.
     position_ids = np.where(mask == 0, 0, np.cumsum(mask, axis=1) - 1)
-    rng = np.random.default_rng(cfg.seed)
     cache = model.new_cache(B)
+    tuner = ThreadTuner(model.backend, threads)
+    try:
+        yield from decode_steps(model, ids, mask, position_ids, cache, cfg, tokenizer, prompt_pad, tuner,
+                                prefill_chunk, on_prefill_progress)
+    finally:
+        tuner.restore()
+
+
+def decode_steps(model, ids, mask, position_ids, cache, cfg, tokenizer, prompt_pad, tuner, prefill_chunk,
+                 on_prefill_progress) -> Iterator[np.ndarray]:
+    B, T = ids.shape
+    rng = np.random.default_rng(cfg.seed)
     sequences = ids
     finished = np.zeros(B, dtype=bool)
-    step_ids, step_mask, step_pos = ids, mask, position_ids
-    for step in range(min(cfg.max_new_tokens, max_pos - T)):
-        logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
+    step_pos = position_ids
+    for step in range(min(cfg.max_new_tokens, model.config.max_position_embeddings - T)):
+        if step == 0:
+            logits = prefill(model, ids, mask, position_ids, cache, prefill_chunk, on_prefill_progress)
+        else:
+            with tuner:
+                logits = model(step_ids, attention_mask=step_mask, cache=cache, position_ids=step_pos).logits
         scores = process_scores(logits[:, -1].astype(np.float32), sequences, prompt_pad, cfg, model.backend)
         next_ids = sampling.sample(scores, rng) if cfg.do_sample else model.backend.argmax(scores)
         next_ids = np.asarray(model.backend.to_numpy(next_ids), dtype=np.int64)  # host ids, any backend
@@ -161,7 +257,8 @@ def _hit_stop_string(tokenizer, generated: np.ndarray, stop_strings: Sequence[st
 def generate(model, input_ids, max_new_tokens: int = DEFAULT, do_sample: bool = DEFAULT,
              temperature: float = DEFAULT, top_k: int | None = DEFAULT, top_p: float = DEFAULT,
              min_p: float | None = DEFAULT, repetition_penalty: float = DEFAULT, eos_token_id=None,
-             attention_mask=None, seed: int | None = None, stop_strings=None, tokenizer=None) -> np.ndarray:
+             attention_mask=None, seed: int | None = None, stop_strings=None, tokenizer=None,
+             prefill_chunk: int = PREFILL_CHUNK, on_prefill_progress=None, threads: int | None = None) -> np.ndarray:
     """Token ids [B, T + new], like transformers' generate (rows padded once finished).
 
     An argument left out comes from the checkpoint's generation_config.json (`model.generation_config`),
@@ -170,6 +267,8 @@ def generate(model, input_ids, max_new_tokens: int = DEFAULT, do_sample: bool = 
     """
     ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
     steps = list(generate_stream(model, ids, attention_mask=attention_mask, tokenizer=tokenizer,
+                                 prefill_chunk=prefill_chunk, on_prefill_progress=on_prefill_progress,
+                                 threads=threads,
                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                  top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                                  eos_token_id=eos_token_id, seed=seed, stop_strings=stop_strings))

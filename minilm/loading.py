@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from .backends import get_backend
-from .config import ModelConfig, load_config
+from .cache import storage
+from .config import ModelConfig, load_config, parse_config
 from .errors import WeightsError
-from .formats import Weight, quantize as encode
+from .formats import Weight, get_format, quantize as encode
+from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
-from .weights import check_finite, read_checkpoint, to_float32
+from .weights import check_finite, file_identity, read_checkpoint, to_float32
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -46,54 +49,131 @@ def validate_weights(cfg: ModelConfig, specs: dict[str, TensorSpec], tensors: di
     return {n: tensors[n] for n in specs}
 
 
-def stored_weight(stored: StoredTensor, format: str, mode: str) -> Weight:
-    """One matrix read from the checkpoint into `format`: kept as stored when it already is, else
-    widened to float32 and encoded (a quantized format quantizes here, one tensor at a time)."""
-    values = stored.read()
+def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool, options: dict | None = None) -> Weight:
+    """One matrix from the checkpoint in `format`. Stored in that format already: used in place from a
+    read-only memory map (mmap=True: nothing is read now, so nothing is checked for NaN either) or
+    copied and checked. Otherwise widened to float32 and encoded (quantized here, one tensor at a time)."""
     if STORED_FORMAT[stored.dtype] == format:
+        if mmap:
+            return Weight(format, stored.shape, {"data": stored.map()}, mode)
+        values = stored.read()
         check_finite(stored, values)
         return Weight(format, values.shape, {"data": values}, mode)
-    return encode(to_float32(stored, values), format, mode)
+    return encode(to_float32(stored, stored.read()), format, mode, **(options or {}))
+
+
+def mode_for(ops, format: str, mode: str) -> str:
+    """mode="auto": fast where the backend has a fast kernel for the format, else exact."""
+    if mode != "auto":
+        return mode
+    return "fast" if ops.supports(format, "fast") else "exact"
 
 
 def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
-         mode: str = "exact", progress: bool = True, **backend_options):
-    """Load a checkpoint (folder or hub id) of any registered family onto a backend.
+         mode: str = "exact", mmap: bool = True, cache_dtype: str = "float32", progress: bool = True,
+         quantize_options: dict | None = None, **backend_options):
+    """Load a checkpoint (folder, hub id or .gguf file) of any registered family onto a backend.
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
     weight_dtype: storage of the matrices: "float32", "bfloat16" or "float16" (float32 arithmetic).
     quantize: a format of minilm.formats (e.g. "q4_1", "int4", "nf4") for the decoder's linear layers;
         the embedding and the head stay in weight_dtype, as bitsandbytes and torchao leave them.
-    mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats.
+        A .gguf file's tensors are used in their stored format (Q8_0/Q4_0/Q4_1 blocks as they are).
+        A layer whose row length the format cannot divide (e.g. int4's group of 128 and a width of 576)
+        stays in weight_dtype, as torchao skips it, with a warning.
+    quantize_options: the format's encode options, e.g. {"group_size": 64} for int4.
+    mode: "exact" (decoded weights, float32 products) or "fast" (int8 activations) for quantized formats;
+        "auto": fast where the backend has a fast kernel for the format, exact elsewhere.
+    mmap: matrices already stored in their target format are used in place from a read-only memory map
+        (load time is the header parse; the pages are shared with the page cache and other processes).
+        The model then checks before every forward that the files are unchanged on disk. mmap=False
+        copies every tensor into private memory and checks it for NaN/Inf.
+    cache_dtype: KV cache storage, "float32" or "bfloat16" (half the memory; float32 arithmetic).
     """
     if weight_dtype not in FLOAT_FORMATS:
         raise ValueError(f"weight_dtype={weight_dtype!r} must be one of {', '.join(FLOAT_FORMATS)} "
                          "(quantized formats: quantize=...)")
-    folder = resolve_model_path(os.path.expanduser(str(path_or_repo_id)))
-    cfg = load_config(folder)
-    generation_config = load_generation_config(folder)      # read before the weights: a bad file fails fast
-    family = FAMILIES[cfg.model_type]
+    storage(cache_dtype)                                                       # refuse a bad value before work
+    if mode not in ("exact", "fast", "auto"):
+        raise ValueError(f"mode={mode!r} must be 'exact', 'fast' or 'auto'")
+    path = os.path.expanduser(str(path_or_repo_id))
     ops = get_backend(backend, **backend_options)
-    specs = family.tensor_specs(cfg)
+    if path.endswith(".gguf") and os.path.isfile(path):
+        generation_config = {}                                                  # a GGUF file carries none
+        cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress)
+    else:
+        path = resolve_model_path(path)
+        generation_config = load_generation_config(path)       # read before the weights: a bad file fails fast
+        cfg, weights, files = load_safetensors_weights(path, ops, weight_dtype, quantize, mode, mmap, progress,
+                                                       quantize_options)
+    model = FAMILIES[cfg.model_type](cfg, weights, ops)
+    model.path = path
+    model.generation_config = generation_config
+    model.cache_dtype = cache_dtype
+    if mmap:
+        model.mapped_files = {f: file_identity(f) for f in files}
+    return model
+
+
+def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
+    """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
+    cfg = load_config(folder)
+    specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
     stored = validate_weights(cfg, specs, read_checkpoint(folder), folder)    # located, nothing read yet
-    tied = cfg.tie_word_embeddings and "lm_head.weight" in specs
-    weights = {}
+    weights, kept = {}, []
     with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
         for name, tensor in stored.items():
             kind = specs[name].kind
-            if name == "lm_head.weight" and tied:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
+            elif kind == "linear" and quantize:
+                weights[name] = ops.prepare_weight(quantized(tensor, quantize, options, weight_dtype, kept, ops, mode))
             elif kind in MATRIX_KINDS:
-                format = quantize if (kind == "linear" and quantize) else weight_dtype
-                weights[name] = ops.prepare_weight(stored_weight(tensor, format, mode))
+                weights[name] = ops.prepare_weight(stored_weight(tensor, weight_dtype, mode_for(ops, weight_dtype, mode),
+                                                                 mmap))
             else:
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
-            bar.set_postfix_str(name, refresh=False)
-    model = family(cfg, weights, ops)
-    model.path = folder
-    model.generation_config = generation_config
-    return model
+    if kept:
+        warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
+                      f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
+    return cfg, weights, sorted({t.path for t in stored.values()})
+
+
+def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:
+    """A linear layer in the quantized format, or kept in weight_dtype when the format cannot divide its rows."""
+    if tensor.shape[1] % get_format(fmt).row_multiple(options):
+        kept.append(tensor.name)
+        return stored_weight(tensor, weight_dtype, mode_for(ops, weight_dtype, mode), mmap=False)
+    return stored_weight(tensor, fmt, mode_for(ops, fmt, mode), False, options)
+
+
+def load_gguf_weights(path: str, ops, quantize, mode, progress):
+    """-> (config, {name: weight or array}, [path]) of a GGUF file, its blocks used as stored."""
+    reader = open_gguf(path)
+    cfg = parse_config(gguf_config(reader), source=f"{path} (GGUF metadata)")
+    specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
+    tensors = gguf_tensors(reader, cfg)
+    weights, notices = {}, {}
+    with progress_bar(len(tensors), "loading weights", enabled=progress) as bar:
+        for name, tensor in tensors.items():
+            kind = specs[name].kind
+            if kind not in MATRIX_KINDS:
+                weights[name] = ops.asarray(decoded(tensor))
+            else:
+                weight, notice = gguf_weight(tensor, "exact")
+                if kind == "linear" and quantize and weight.format != quantize:
+                    weight, notice = encode(weight.dequantize(), quantize), None
+                weight = weight.with_mode(mode_for(ops, weight.format, mode))
+                weights[name] = ops.prepare_weight(weight)
+                if notice:
+                    notices[notice] = notices.get(notice, 0) + 1
+            bar.update(1)
+    if "lm_head.weight" not in weights:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]       # tied: one matrix in memory
+    for notice, count in notices.items():
+        warnings.warn(f"{path}: {count} tensors have no native kernel: {notice}", stacklevel=3)
+    return cfg, weights, [path]
 
 
 def load_generation_config(folder: str) -> dict:

@@ -72,10 +72,12 @@ class StoredTensor:
         return array.reshape(self.shape)
 
     def map(self) -> np.ndarray:
-        """A read-only memory map of the stored values: no copy; pages come from the page cache."""
+        """A read-only memory map of the stored values: no copy; pages come from the page cache and
+        are shared with every process that maps the same file."""
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=self.storage_dtype)
-        return np.memmap(self.path, dtype=self.storage_dtype, mode="r", offset=self.offset, shape=self.shape)
+        mapped = np.memmap(self.path, dtype=self.storage_dtype, mode="r", offset=self.offset, shape=self.shape)
+        return np.asarray(mapped)        # a plain ndarray view of the same pages (memmap slicing is slow)
 
 
 def read_header(path: str) -> tuple[dict[str, StoredTensor], dict]:

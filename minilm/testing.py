@@ -75,6 +75,8 @@ REAL_CONFIGS = {
 }
 
 STORAGE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+GGUF_FORMATS = ("q8_0", "q4_0", "q4_1")      # written as a GGUF file (blocks as llama.cpp stores them)
+BLOCK = {"q8_0": (34, 73.9), "q4_0": (18, 4.6), "q4_1": (20, 4.6)}   # bytes per 32 weights, std of the codes
 
 
 def tiny_config(family: str, **overrides) -> dict:
@@ -105,9 +107,13 @@ def random_tensor(rng: np.random.Generator, name: str, shape: tuple, kind: str, 
 
 def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 0, init: str = "scaled",
                       progress: bool = False) -> str:
-    """Write config.json + model.safetensors with random weights, one tensor at a time; returns folder."""
-    if dtype not in STORAGE:
-        raise ValueError(f"dtype={dtype!r} must be one of {', '.join(STORAGE)}")
+    """Write config.json + random weights, one tensor at a time; returns what minilm.load takes.
+
+    dtype float32 / bfloat16 / float16: model.safetensors in the folder (returns the folder);
+    q8_0 / q4_0 / q4_1: model.gguf with random blocks, as llama.cpp lays them out (returns its path).
+    """
+    if dtype not in STORAGE and dtype not in GGUF_FORMATS:
+        raise ValueError(f"dtype={dtype!r} must be one of {', '.join([*STORAGE, *GGUF_FORMATS])}")
     folder = os.fspath(folder)
     parsed = parse_config(config, source="random_checkpoint config")
     specs = FAMILIES[parsed.model_type].tensor_specs(parsed)
@@ -117,17 +123,71 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({**config, "torch_dtype": dtype, "dtype": dtype}, f, indent=1)
     rng = np.random.default_rng(seed)
+    std = config.get("initializer_range", 0.02)
+    if dtype in GGUF_FORMATS:
+        return write_random_gguf(parsed, specs, os.path.join(folder, "model.gguf"), dtype, rng, init, std, progress)
     storage = {name: (STORAGE[dtype], spec.shape) for name, spec in specs.items()}
     with SafetensorsWriter(os.path.join(folder, "model.safetensors"), storage) as out, \
             progress_bar(len(specs), "writing random weights", enabled=progress) as bar:
         for name, spec in specs.items():
-            values = random_tensor(rng, name, spec.shape, spec.kind, init, config.get("initializer_range", 0.02))
+            values = random_tensor(rng, name, spec.shape, spec.kind, init, std)
             out.write(name, to_bfloat16(values) if dtype == "bfloat16" else values.astype(np.dtype(dtype)))
             bar.update(1)
     return folder
+
+
+def random_blocks(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> np.ndarray:
+    """Random llama.cpp blocks [OUT, IN/32, bytes] whose weights have about this std: uniform codes,
+    one fp16 scale per block (and for q4_1 the min that centres them). No quantization pass: a 35B
+    checkpoint is written in minutes, and the speed of a kernel does not depend on the values."""
+    nbytes, code_std = BLOCK[fmt]
+    blocks = rng.integers(0, 256, size=(shape[0], shape[1] // 32, nbytes), dtype=np.uint8)
+    scale = np.float16(std / code_std)
+    blocks[..., 0:2] = np.frombuffer(scale.tobytes(), np.uint8)
+    if fmt == "q4_1":                                             # w = d*n + m with n in 0..15: m = -8d
+        blocks[..., 2:4] = np.frombuffer(np.float16(-8 * scale).tobytes(), np.uint8)
+    return blocks
+
+
+def write_random_gguf(config, specs, path, fmt, rng, init, std, progress) -> str:
+    from .gguf_file import write_gguf
+
+    def make(name, spec):
+        if spec.kind == "vector":
+            return lambda: random_tensor(rng, name, spec.shape, spec.kind, init, std)
+        scale = 1.0 if (init == "scaled" and spec.kind == "embedding") else (0.2 if init == "scaled" else std)
+        return lambda: random_blocks(rng, fmt, spec.shape, scale)
+
+    tensors = {name: ("float32" if spec.kind == "vector" else fmt, spec.shape, make(name, spec))
+               for name, spec in specs.items()}
+    return write_gguf(path, config, tensors, progress=progress)
 
 
 def tiny_checkpoint(family: str, folder=None, seed: int = 0, dtype: str = "float32", **overrides) -> str:
     """A tiny random checkpoint of `family` (TINY_CONFIGS with overrides) in `folder` or a new temp folder."""
     folder = folder or tempfile.mkdtemp(prefix=f"minilm-tiny-{family}-")
     return random_checkpoint(tiny_config(family, **overrides), folder, dtype=dtype, seed=seed)
+
+
+# --- `minilm random-checkpoint` --------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("out", help="folder to write (config.json + model.safetensors, or model.gguf)")
+    parser.add_argument("--config", required=True, choices=sorted(REAL_CONFIGS) + sorted(TINY_CONFIGS),
+                        help="a published config (real size) or a tiny test config")
+    parser.add_argument("--dtype", default="bfloat16", choices=[*STORAGE, *GGUF_FORMATS],
+                        help="storage: safetensors float32/bfloat16/float16, or a GGUF of llama.cpp blocks "
+                             "(default: %(default)s)")
+    parser.add_argument("--init", default=None, choices=["hf", "scaled"],
+                        help="weight scale: transformers' init (default for real configs) or the tests' "
+                             "scaled-up init (default for tiny ones)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def main(args) -> int:
+    config = REAL_CONFIGS.get(args.config) or TINY_CONFIGS[args.config]
+    init = args.init or ("hf" if args.config in REAL_CONFIGS else "scaled")
+    path = random_checkpoint(config, args.out, dtype=args.dtype, seed=args.seed, init=init, progress=True)
+    weights = path if path.endswith(".gguf") else os.path.join(path, "model.safetensors")
+    print(f"wrote {weights} ({os.path.getsize(weights) / 1e9:.2f} GB); load it with minilm.load({path!r})")
+    return 0

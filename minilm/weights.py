@@ -86,3 +86,22 @@ def to_float32(stored: StoredTensor, values: np.ndarray) -> np.ndarray:
     """Stored values (bfloat16 as uint16 bits) widened to float32; refuses NaN and Inf."""
     check_finite(stored, values)
     return bfloat16_to_float32(values) if stored.dtype == "BF16" else values.astype(np.float32, copy=False)
+
+
+def file_identity(path: str) -> tuple:
+    """What changes when a file is rewritten, truncated or replaced: (inode, size, mtime)."""
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def check_unchanged(files: dict[str, tuple]) -> None:
+    """Refuse to run on memory-mapped weights whose file changed since loading: its pages would change
+    the model's answers silently, or (truncated) crash the process when touched."""
+    for path, identity in files.items():
+        try:
+            now = file_identity(path)
+        except OSError:
+            now = None
+        if now != identity:
+            raise WeightsError(f"{path}: the weights file changed on disk after the model was loaded from it "
+                               "(memory-mapped); load the model again")

@@ -62,6 +62,8 @@ def run(be, op, rng):
         return be.top_p_filter(randn(rng, 3, 100), 0.8)
     if op in ("asarray", "to_numpy"):
         return be.to_numpy(be.asarray(x))
+    if op == "threads":
+        return np.array(be.threads() >= 1 and be.threads(1) == 1)
     if op == "supports":
         return np.array(be.supports("float32", "exact") and be.supports("bfloat16", "exact"))
     if op == "prepare_weight":

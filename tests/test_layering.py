@@ -19,11 +19,12 @@ LAYERS = [
     ["minilm.backends", "minilm.cache", "minilm.weights", "minilm.generate"],
     ["minilm.models"],
     ["minilm.config"],
+    ["minilm.gguf_file"],
     ["minilm.convert", "minilm.tokenizer"],
     ["minilm.default_model"],
     ["minilm.resolve"],
     ["minilm.loading"],
-    ["minilm", "minilm.testing"],
+    ["minilm", "minilm.testing", "minilm.evaluate"],
     ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.chat"],
     ["minilm.cli"],
 ]

@@ -91,6 +91,9 @@ class CudaBackend:
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array) if self.emulated else self.xp.asnumpy(array)
 
+    def threads(self, count=None):
+        return 1                            # the GPU (or the harness's own workers) needs no tuning here
+
     def supports(self, format, mode):
         return format in DENSE_FORMATS       # dense weights have no activation quantization: either mode
 
@@ -137,6 +140,9 @@ class CudaBackend:
         q, k, v = self._c(q), self._c(k), self._c(v)
         B, T, H, HD = q.shape
         S, KV = k.shape[1], k.shape[2]
+        if k.dtype != q.dtype:
+            raise UnsupportedFormatError(f"backend {self.name!r} attends over a KV cache stored like q ({q.dtype}); "
+                                         f"cache_dtype='bfloat16' runs on the numpy and numba backends")
         if H % KV or HD > 4 * ATTENTION_MAX_THREADS or k.shape != v.shape:
             raise ValueError(f"attention: unsupported shapes q {q.shape}, k {k.shape}, v {v.shape}")
         mask = self._broadcast(mask, (B, T, S), bool)

@@ -25,6 +25,6 @@ weights, float32 products: what transformers computes on a GGUF) or "fast"
 llama.cpp computes). Dense formats ignore it.
 """
 from .weight import FORMATS, MODES, Format, UnsupportedFormatError, Weight, get_format, quantize, register
-from . import dense  # noqa: E402,F401  (each format module registers its formats on import)
+from . import bnb, dense, ggml, torchao  # noqa: E402,F401  (each format module registers its formats on import)
 
 __all__ = ["FORMATS", "MODES", "Format", "UnsupportedFormatError", "Weight", "get_format", "quantize", "register"]

@@ -29,3 +29,8 @@ def to_bfloat16(array: np.ndarray) -> np.ndarray:
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) [...] -> float32 [...], exact."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def widen(array: np.ndarray) -> np.ndarray:
+    """float32 as is; bfloat16 bits (uint16) widened: for arrays that may be stored either way."""
+    return bfloat16_to_float32(array) if array.dtype == np.uint16 else array

@@ -20,6 +20,12 @@ class Format:
     bits: float = 32.0                   # storage bits per weight, scales included (for docs and bench)
     description: str = ""
     options: tuple = ()                  # names of encode's keyword options (e.g. group_size)
+    defaults: dict = field(default_factory=dict)   # their default values
+
+    def row_multiple(self, options: dict | None = None) -> int:
+        """What the row length (IN) must be a multiple of, with these encode options."""
+        merged = {**self.defaults, **(options or {})}
+        return max(self.block, merged.get("group_size", 1))
     fast: Callable | None = field(default=None)  # reference for mode="fast": (x2 [N, IN], weight) -> [N, OUT]
 
 
@@ -68,6 +74,9 @@ class Weight:
     def with_arrays(self, **arrays) -> "Weight":
         """The same matrix with its arrays replaced (moved to a device, made contiguous, repacked)."""
         return Weight(self.format, self.shape, {**self.arrays, **arrays}, self.mode, self.options)
+
+    def with_mode(self, mode: str) -> "Weight":
+        return Weight(self.format, self.shape, self.arrays, mode, self.options)
 
     def take_rows(self, rows: np.ndarray) -> "Weight":
         """Rows `rows` of the matrix, still in this format (every array has OUT leading)."""

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cache import KVCache
+from ..weights import check_unchanged
 from ..ops.attention import attention_mask
 from ..ops.rope import RotaryEmbedding
 
@@ -47,6 +48,12 @@ class TensorSpec(NamedTuple):
 MATRIX_KINDS = ("linear", "head", "embedding")
 
 
+def shortest_float32(value: float) -> float:
+    """GGUF stores float32: 1e-5 arrives as 9.999999747378752e-06; its shortest float32 spelling
+    (1e-05) is what the original config said and is the same float32 number."""
+    return float(str(np.float32(value)))
+
+
 class DecoderModel:
     """The decoder every family shares; a family module subclasses it and states its facts:
 
@@ -57,8 +64,11 @@ class DecoderModel:
     family_config()   family-only config fields (logit_scale, qk-norm, layer types, ...)
     layer_tensors()   the family's per-layer tensors, beside the shared ones
     norm(), decoder_layer(), qk_norm(), layer_uses_rope(), layer_window(): the block itself
+    gguf_architecture, gguf_config(), gguf_permuted_heads(): how llama.cpp's GGUF files store it
     """
     model_type = "base"
+    mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
+    cache_dtype = "float32"            # KV cache storage: "float32" or "bfloat16"
     config_defaults: dict = {}
     norm_eps_key = "rms_norm_eps"
     interleaved_rope = False
@@ -108,6 +118,24 @@ class DecoderModel:
 
     @classmethod
     def layer_tensors(cls, config, i: int) -> dict[str, TensorSpec]:
+        return {}
+
+    # --- GGUF (llama.cpp) facts: minilm/gguf_file.py reads them ----------------
+    gguf_architecture: str | None = None   # general.architecture of the family's GGUF files
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names: set) -> dict:
+        """Family-only config.json entries from GGUF metadata (key(name, default) reads `{arch}.{name}`)."""
+        return {}
+
+    @classmethod
+    def gguf_metadata(cls, config) -> dict:
+        """The inverse of gguf_config: family-only `{arch}.*` entries a writer stores."""
+        return {}
+
+    @classmethod
+    def gguf_permuted_heads(cls, config) -> dict[str, int]:
+        """{projection: heads} whose rows llama.cpp's converter permuted (undone at load)."""
         return {}
 
     @classmethod
@@ -203,14 +231,21 @@ class DecoderModel:
         return generate(self, input_ids, **kwargs)
 
     # --- the forward pass ---------------------------------------------------
-    def new_cache(self, batch_size: int = 1) -> KVCache:
+    def new_cache(self, batch_size: int = 1, dtype: str | None = None) -> KVCache:
+        """dtype: "float32" or "bfloat16" (default: the cache_dtype the model was loaded with)."""
         cfg = self.config
         windows = [self.layer_window(cfg, i) for i in range(cfg.num_hidden_layers)]
-        return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size)
+        return KVCache(windows, cfg.num_key_value_heads, cfg.head_dim, self.backend, batch_size,
+                       dtype or self.cache_dtype)
 
     def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
-                 output_hidden_states: bool = False, labels=None, tape: bool | dict = False) -> ModelOutput:
+                 output_hidden_states: bool = False, labels=None, tape: bool | dict = False,
+                 logits_to_keep: int = 0) -> ModelOutput:
+        """logits_to_keep: compute the LM head for the last N positions only (0: all), like transformers;
+        a prompt's prefill needs only the last one."""
         cfg, ops = self.config, self.backend
+        if self.mapped_files:
+            check_unchanged(self.mapped_files)
         ids = self._check_ids(input_ids)
         B, T = ids.shape
         past = cache.seq_len if cache is not None else 0
@@ -244,6 +279,8 @@ class DecoderModel:
             cache.seq_len += T
             cache.attention_mask = mask_2d
 
+        if logits_to_keep and not cfg.is_sequence_classifier:
+            x = x[:, -logits_to_keep:]                                           # [B, N, D]
         out = self._head(x, ids, ctx)
         loss = self._loss(out, labels) if labels is not None else None
         hidden = tuple(np.asarray(ops.to_numpy(h)) for h in hidden_states) if output_hidden_states else None

@@ -4,7 +4,7 @@ optional qk-norm (Command R+), and `logit_scale` on the LM head.
     n   = layer_norm(x)
     out = x + attn(n) + mlp(n)
 """
-from .base import DecoderModel, TensorSpec
+from .base import DecoderModel, TensorSpec, shortest_float32
 
 
 class CohereModel(DecoderModel):
@@ -29,6 +29,17 @@ class CohereModel(DecoderModel):
         p, H, KV, HD = f"model.layers.{i}.self_attn", config.num_attention_heads, config.num_key_value_heads, \
             config.head_dim
         return {f"{p}.q_norm.weight": TensorSpec((H, HD), "vector"), f"{p}.k_norm.weight": TensorSpec((KV, HD), "vector")}
+
+    gguf_architecture = "command-r"       # interleaved RoPE is llama.cpp's own: rows stored as in HF
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names):
+        return {"logit_scale": shortest_float32(key("logit_scale")),
+                "use_qk_norm": "blk.0.attn_q_norm.weight" in tensor_names}
+
+    @classmethod
+    def gguf_metadata(cls, config):
+        return {"logit_scale": float(config.logit_scale)}
 
     def norm(self, x, weight):
         return self.backend.layer_norm(x, weight, self.config.norm_eps)

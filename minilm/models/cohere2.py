@@ -3,6 +3,7 @@ sliding-window attention with RoPE and global attention with no positional
 encoding at all (NoPE). No qk-norm.
 """
 from ..errors import ConfigError, check_positive_int
+from .base import shortest_float32
 from .cohere import CohereModel
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -32,6 +33,25 @@ class Cohere2Model(CohereModel):
                 raise ConfigError(f"{source}: unknown layer_types entry {t!r} (known: {', '.join(LAYER_TYPES)})")
         return {"mlp_bias": False, "logit_scale": float(cfg["logit_scale"]), "use_qk_norm": False,
                 "sliding_window": window, "layer_types": tuple(types)}
+
+    gguf_architecture = "cohere2"
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names):
+        # llama.cpp: a per-layer bool list (True = sliding) when written, else every 4th layer global.
+        pattern = key("attention.sliding_window_pattern", None)
+        config = {"logit_scale": shortest_float32(key("logit_scale")),
+                  "sliding_window": key("attention.sliding_window")}
+        if isinstance(pattern, list):
+            config["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            config["sliding_window_pattern"] = pattern or 4
+        return config
+
+    @classmethod
+    def gguf_metadata(cls, config):
+        return {"logit_scale": float(config.logit_scale), "attention.sliding_window": config.sliding_window,
+                "attention.sliding_window_pattern": [t == "sliding_attention" for t in config.layer_types]}
 
     @classmethod
     def layer_uses_rope(cls, config, i):

@@ -24,6 +24,17 @@ class LlamaModel(DecoderModel):
         # The second norm, before the MLP: the sequential block has two.
         return {f"model.layers.{i}.post_attention_layernorm.weight": TensorSpec((config.hidden_size,), "vector")}
 
+    gguf_architecture = "llama"
+
+    @classmethod
+    def gguf_config(cls, key, tensor_names):
+        return {"mlp_bias": "blk.0.ffn_up.bias" in tensor_names}
+
+    @classmethod
+    def gguf_permuted_heads(cls, config):
+        # llama.cpp rotates adjacent pairs, HF Llama (i, i + HD/2): its converter permuted these rows.
+        return {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
+
     def norm(self, x, weight):
         return self.backend.rms_norm(x, weight, self.config.norm_eps)
 

@@ -6,6 +6,8 @@ Token indices are cache positions, not position_ids.
 """
 import numpy as np
 
+from ..formats.bfloat16 import widen
+
 
 def attention_mask(query_index: np.ndarray, key_index: np.ndarray, key_valid: np.ndarray,
                    window: int | None = None) -> np.ndarray:
@@ -19,11 +21,12 @@ def attention_mask(query_index: np.ndarray, key_index: np.ndarray, key_valid: np
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
-    """q [B, T, H, HD], k/v [B, S, KV, HD], mask [B, T, S] -> [B, T, H, HD].
+    """q [B, T, H, HD], k/v [B, S, KV, HD] (float32, or bfloat16 bits), mask [B, T, S] -> [B, T, H, HD].
 
     GQA: query head h reads kv head h // (H // KV) (repeat-interleave, not tile).
     A query row with no visible key (a pad query) outputs zeros.
     """
+    k, v = widen(k), widen(v)                                     # a bfloat16 KV cache holds uint16 bits
     n_rep = q.shape[2] // k.shape[2]
     k = np.repeat(k, n_rep, axis=2)                               # [B, S, H, HD]
     v = np.repeat(v, n_rep, axis=2)

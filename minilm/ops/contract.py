@@ -63,6 +63,10 @@ class Ops(Protocol):
     def to_numpy(self, array):
         """backend array -> host numpy array"""
 
+    def threads(self, count=None):
+        """The number of CPU threads the kernels use; with count, set it first (clipped to 1..maximum).
+        Backends without a thread pool answer 1."""
+
     def supports(self, format, mode):
         """True if linear/embedding run Weights of this format in this mode ("exact" or "fast")."""
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_math import FASTMATH, exp_f32
+from .numba_math import FASTMATH, as_float32, exp_f32
 
 SERIAL_MAX_WORK = 1 << 14    # B*T*H*S*HD multiply-adds below which threads do not pay
 
 
 @njit(error_model="numpy", fastmath=FASTMATH, cache=True)
 def attention_row(q, k, v, b, kv, mask, scale, out):
-    """q [HD], k/v [B, S, KV, HD] read at batch b and kv head kv, mask [S] -> out [HD]."""
+    """q [HD], k/v [B, S, KV, HD] (float32 or bf16 bits) read at batch b and kv head kv, mask [S] -> out [HD]."""
     S, HD = k.shape[1], k.shape[3]
     scores = np.full(S, -np.inf, dtype=np.float32)      # masked keys keep -inf
     row_max = np.float32(-np.inf)
@@ -27,7 +27,7 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
         if mask[s]:
             acc = np.float32(0.0)
             for d in range(HD):
-                acc += q[d] * k[b, s, kv, d]
+                acc += q[d] * as_float32(k[b, s, kv, d])
             scores[s] = acc * scale
             row_max = max(row_max, scores[s])
     if row_max == -np.inf:                               # no visible key: zeros
@@ -41,7 +41,7 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
     for s in range(S):                                   # weighted sum of the visible values
         if mask[s]:
             for d in range(HD):
-                weighted[d] += scores[s] * v[b, s, kv, d]
+                weighted[d] += scores[s] * as_float32(v[b, s, kv, d])
     for d in range(HD):
         out[d] = weighted[d] / denom
 
@@ -73,11 +73,17 @@ def attention_rows_serial(q, k, v, mask, scale, out):
         attention_row(q[b, t, h], k, v, b, h // n_rep, mask[b, t], scale, out[b, t, h])
 
 
+def _stored(kv):
+    """K/V as stored: float32, or bfloat16 bits (uint16) that the kernel widens as it reads."""
+    kv = np.asarray(kv)
+    return kv if kv.dtype in (np.float32, np.uint16) else kv.astype(np.float32)
+
+
 def attention(q, k, v, mask, scale):
     """Same signature as attention.attention: -> [B, T, H, HD]."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     out = np.empty_like(q)
-    args = (q, np.asarray(k, dtype=np.float32), np.asarray(v, dtype=np.float32),   # cache views: any layout
+    args = (q, _stored(k), _stored(v),                                              # cache views: any layout
             np.ascontiguousarray(mask, dtype=np.bool_), np.float32(scale), out)
     if q.size * k.shape[1] < SERIAL_MAX_WORK:
         attention_rows_serial(*args)

@@ -19,26 +19,11 @@ and a Numba kernel widens bf16 weights on the fly instead of copying them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
-from ..errors import UnsupportedFormatError
-from .numba_math import FASTMATH, bf16_bits_to_float32
+from .numba_math import FASTMATH, as_float32
 
 GEMV_MAX_ROWS = 8            # up to this many rows of x the weight-streaming GEMV wins over sgemm
-
-
-# --- bfloat16 storage --------------------------------------------------------
-
-def weight_value(w):
-    """One stored weight as float32 (float32 storage: itself; bf16 storage: widened)."""
-
-
-@overload(weight_value)
-def _weight_value(w):
-    if w == types.uint16:
-        return lambda w: bf16_bits_to_float32(w)
-    return lambda w: np.float32(w)
 
 
 # --- linear ------------------------------------------------------------------
@@ -48,7 +33,7 @@ def dot(x, w_row):
     """sum_i x[i] * w_row[i] in float32; w_row float32 or bf16 bits."""
     acc = np.float32(0.0)
     for i in range(x.size):
-        acc += x[i] * weight_value(w_row[i])
+        acc += x[i] * as_float32(w_row[i])
     return acc
 
 
@@ -79,7 +64,7 @@ def matmul_tile(x, n0, weight, o0, bias, out):
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
     a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = np.float32(0.0)
     for i in range(x0.size):
-        b0, b1, b2, b3 = weight_value(w0[i]), weight_value(w1[i]), weight_value(w2[i]), weight_value(w3[i])
+        b0, b1, b2, b3 = as_float32(w0[i]), as_float32(w1[i]), as_float32(w2[i]), as_float32(w3[i])
         a00 += x0[i] * b0; a01 += x0[i] * b1; a02 += x0[i] * b2; a03 += x0[i] * b3  # noqa: E702
         a10 += x1[i] * b0; a11 += x1[i] * b1; a12 += x1[i] * b2; a13 += x1[i] * b3  # noqa: E702
         a20 += x2[i] * b0; a21 += x2[i] * b1; a22 += x2[i] * b2; a23 += x2[i] * b3  # noqa: E702
@@ -125,23 +110,10 @@ def dense_embedding(ids, table, out):
     gather_rows(ids, table.data, out)
 
 
-# (format, mode) -> kernel(x2 [N, IN] float32, weight, bias [OUT] or [0], out [N, OUT]); quantized
-# formats add theirs (numba_quant.py). Dense formats have no activation quantization: both modes.
+# (format, mode) -> kernel(x2 [N, IN] float32, weight, bias [OUT] or [0], out [N, OUT]); the quantized
+# formats' kernels are in numba_quant.py. Dense formats quantize no activations: both modes are the same.
 LINEAR = {(f, m): dense_linear for f in ("float32", "bfloat16") for m in ("exact", "fast")}
 EMBEDDING = {"float32": dense_embedding, "bfloat16": dense_embedding}
-
-
-def linear(x, weight, bias=None):
-    """x [..., IN] @ W^T (+ bias [OUT]) -> [..., OUT] for a formats.Weight the backend prepared."""
-    kernel = LINEAR.get((weight.format, weight.mode))
-    if kernel is None:
-        raise UnsupportedFormatError(f"backend 'numba' has no {weight.mode} kernel for weight format "
-                                     f"{weight.format!r}")
-    lead, IN = x.shape[:-1], x.shape[-1]
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, IN)       # [N, IN]
-    out = np.empty((x2.shape[0], weight.shape[0]), dtype=np.float32)      # [N, OUT]
-    kernel(x2, weight, NO_BIAS if bias is None else bias, out)
-    return out.reshape(*lead, weight.shape[0])
 
 
 # --- embedding and logit scale -------------------------------------------------
@@ -152,16 +124,7 @@ def gather_rows(ids, table, out):
     for n in range(ids.size):
         row = table[ids[n]]
         for d in range(row.size):
-            out[n, d] = weight_value(row[d])
-
-
-def embedding(ids, table):
-    """ids [B, T] -> table rows [B, T, D] (only these rows are read and decoded)."""
-    ids = np.asarray(ids)
-    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    out = np.empty((flat.size, table.shape[1]), dtype=np.float32)
-    EMBEDDING[table.format](flat, table, out)
-    return out.reshape(*ids.shape, table.shape[1])
+            out[n, d] = as_float32(row[d])
 
 
 @njit(error_model="numpy", cache=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # Reassociation lets LLVM vectorise float sums; no nnan/ninf, because masks use -inf.
 FASTMATH = {"reassoc", "contract", "nsz"}
@@ -23,6 +23,18 @@ def bf16_bits_to_float32(typingctx, bits):
         wide = builder.zext(args[0], ir.IntType(32))
         return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
     return types.float32(types.uint16), codegen
+
+
+def as_float32(value):
+    """One stored number as float32: float32 itself, or bfloat16 bits (uint16) widened. Kernels read
+    weights and KV-cache entries through it, so one compiled kernel per storage type."""
+
+
+@overload(as_float32)
+def _as_float32(value):
+    if value == types.uint16:
+        return lambda value: bf16_bits_to_float32(value)
+    return lambda value: np.float32(value)
 
 
 @intrinsic

@@ -16,6 +16,11 @@ def host_array(array):
     return np.asarray(array)
 
 
+def one_thread(count=None):
+    """NumPy's ops run on the calling thread (BLAS may use more; minilm does not tune it)."""
+    return 1
+
+
 def supports(format, mode):
     return format in FORMATS and mode in MODES
 
@@ -40,6 +45,7 @@ def numpy_backend():
         top_p_filter=sampling.top_p_filter,
         asarray=host_array,
         to_numpy=host_array,
+        threads=one_thread,
         supports=supports,
         prepare_weight=prepare_weight,
     ))

@@ -96,6 +96,12 @@ class RotaryEmbedding:
         self.original_inv_freq = self.inv_freq
         self.max_seq_len_cached = max_position_embeddings  # dynamic only
 
+    @property
+    def depends_on_length(self) -> bool:
+        """dynamic and longrope recompute their frequencies from each call's length, so a prompt
+        split into chunks would not rotate like the whole prompt does in transformers."""
+        return self.rope_type in ("dynamic", "longrope")
+
     def _compute(self, seq_len):
         rope, dim, max_pos = self.rope, self.dim, self.max_pos
         if self.rope_type == "default":

@@ -1,0 +1,290 @@
+"""`minilm bench`: speed, memory and accuracy of every backend and weight format, against
+transformers and llama.cpp, measured in one run on one machine.
+
+    minilm bench                                  # SmolLM2-135M-Instruct: float32, bf16, the GGUF, transformers
+    minilm bench --quick                          # about a minute
+    minilm bench --backends numba-gguf,llama.cpp  # the shipped Q4_1 GGUF against llama.cpp on the same file
+    minilm bench --model out/ --gguf out.gguf     # a real-size checkpoint (minilm random-checkpoint)
+    minilm bench --quality                        # perplexity and agreement of every weight format
+    minilm bench --long 2048,4096                 # prefill and time to first token on long prompts
+    minilm bench --busy                           # decode while another process holds a core
+
+Each backend runs in its own child process, one after the other, so that its memory is its own
+and no two thread pools compete (what a child measures: minilm/bench/measure.py; the backend
+names: minilm/bench/engines.py). Speed is never asserted by the test suite; this is how it is
+measured, and docs/benchmarks.md holds the results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .engines import Unavailable, parse_spec, weight_files
+from .measure import Settings
+
+DEFAULT_BACKENDS = ("numba", "numba-bf16", "numba-gguf", "transformers", "llama.cpp")
+QUICK = Settings(prompt_tokens=16, new_tokens=16, prefill_tokens=128, repeats=1)
+
+
+# --- running children ---------------------------------------------------------------------------
+
+def child_env() -> dict:
+    """The children import this same minilm (a checkout on PYTHONPATH stays first)."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_child(command: str, payload: dict, log=print) -> dict:
+    """Run `python -m minilm.bench worker <command> <json>`: its stderr (progress) goes to the log
+    as it comes; its last stdout line is the JSON result."""
+    proc = subprocess.Popen([sys.executable, "-m", "minilm.bench", "worker", command, json.dumps(payload)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    errors = []
+    for line in proc.stderr:
+        line = line.rstrip()
+        if line.startswith("  ") and ": " in line:          # a progress line of measure.progress()
+            log(line)
+        else:
+            errors.append(line)
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"benchmark child {command} failed:\n" + "\n".join(errors[-30:]))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def estimate_seconds(backends, weight_bytes: int, settings: Settings) -> float:
+    """A rough total, from the checkpoint size alone: decode reads every weight once per token (~10 GB/s
+    on a laptop), prefill is ~2 flops per weight per token (~30 GFLOP/s), plus ~15 s per child."""
+    params = weight_bytes / 4
+    per_backend = (15 + 2 * weight_bytes / 2e9
+                   + settings.repeats * (settings.new_tokens + 1 + settings.prompt_tokens / 8) * weight_bytes / 1e10
+                   + max(2, settings.repeats // 2) * (16 + settings.prefill_tokens) * 2 * params / 3e10)
+    slow = {"numpy": 4, "transformers": 2}
+    return sum(per_backend * slow.get(b, 1) for b in backends)
+
+
+def run_bench(model_dir: str, gguf: str | None, backends=DEFAULT_BACKENDS, settings: Settings = Settings(),
+              log=print) -> dict:
+    """Measure every backend in its own process; unavailable ones are named with the reason."""
+    specs = [parse_spec(b) for b in backends]                   # unknown names fail before any work
+    results, unavailable, failed = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            try:
+                weight_files(spec, model_dir, gguf)
+            except Unavailable as e:
+                unavailable[spec.name] = str(e)
+                log(f"{spec.name}: unavailable: {e}")
+                continue
+            log(f"{spec.name} ...")
+            logits_path = os.path.join(tmp, f"{spec.name}.npy")
+            try:
+                r = run_child("measure", {"backend": spec.name, "model_dir": model_dir, "gguf": gguf,
+                                          "settings": settings.__dict__, "logits_path": logits_path}, log)
+            except RuntimeError as e:                           # one backend's failure does not end the run
+                failed[spec.name] = str(e).splitlines()[-1]
+                log(f"{spec.name}: FAILED: {failed[spec.name]}")
+                continue
+            if "unavailable" in r:
+                unavailable[spec.name] = r["unavailable"]
+                log(f"{spec.name}: unavailable: {r['unavailable']}")
+                continue
+            r["logits"] = np.load(logits_path) if os.path.exists(logits_path) else None
+            results.append(r)
+    compare(results)
+    return {"model_dir": model_dir, "gguf": gguf, "settings": settings.__dict__, "results": results,
+            "unavailable": unavailable, "failed": failed, "machine": machine(), "load_average_after": os.getloadavg()}
+
+
+def compare(results: list[dict]) -> None:
+    """Ratios against transformers and llama.cpp, and logits/tokens against the float32 reference."""
+    by_name = {r["backend"]: r for r in results}
+    reference = by_name.get("transformers") or by_name.get("numba") or by_name.get("numpy")
+    for r in results:
+        for other in ("transformers", "llama.cpp"):
+            if other in by_name and r is not by_name[other]:
+                r[f"decode_vs_{other}"] = r["decode_tok_s"] / by_name[other]["decode_tok_s"]
+                r[f"prefill_vs_{other}"] = {k: v / by_name[other]["prefill_tok_s"][k]
+                                            for k, v in r["prefill_tok_s"].items()}
+        if reference is not None and r is not reference:
+            r["reference"] = reference["backend"]
+            r["same_tokens"] = r["tokens"] == reference["tokens"]
+            if r.get("logits") is not None and reference.get("logits") is not None:
+                r["max_logit_diff"] = float(np.abs(r["logits"] - reference["logits"]).max())
+
+
+def machine() -> dict:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numba
+    return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
+            "load_average_before": os.getloadavg()}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def _gb(n) -> str:
+    return "-" if n is None else (f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB")
+
+
+def _ratio(r, key) -> str:
+    value = r.get(key)
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table(rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return lines
+
+
+def format_report(report: dict) -> str:
+    s = report["settings"]
+    results = report["results"]
+    p = str(s["prefill_tokens"])
+    speed = [("backend", "weights", "load cold / warm", "prefill 16 / " + p + " tok/s", "decode tok/s",
+              "vs transformers", "vs llama.cpp", "% of weight read")]
+    for r in results:
+        cold = "-" if r["load_cold_s"] is None else f"{r['load_cold_s']:.1f}"
+        prefill = f"{r['prefill_tok_s']['16']:.0f} / {r['prefill_tok_s'][p]:.0f}"
+        speed.append((r["backend"], _gb(r["weight_bytes"]), f"{cold} / {r['load_warm_s']:.1f} s", prefill,
+                      f"{r['decode_tok_s']:.1f}", _ratio(r, "decode_vs_transformers"), _ratio(r, "decode_vs_llama.cpp"),
+                      f"{r['pct_roofline']:.0f}%"))
+    memory = [("backend", "storage", "peak resident / private", "private / weights", "KV cache / token",
+               "max |dlogit| vs", "same tokens")]
+    for r in results:
+        private = r["generate_peak_private"]
+        memory.append((r["backend"], r["description"], f"{_gb(r['generate_peak_rss'])} / {_gb(private)}",
+                       "-" if not private else f"{private / r['weight_bytes']:.2f}",
+                       f"{r['kv_bytes_per_token'] / 1024:.0f} KiB",
+                       "-" if r.get("max_logit_diff") is None else f"{r['max_logit_diff']:.2g} ({r['reference']})",
+                       str(r.get("same_tokens", "-"))))
+    m = report["machine"]
+    lines = [f"model {report['model_dir']}" + (f", GGUF {report['gguf']}" if report.get("gguf") else ""),
+             f"machine: {m['cpu']}, {m['cores']} cores, {m['numba_threads']} Numba threads; load average "
+             f"before {', '.join(f'{x:.2f}' for x in m['load_average_before'])}, after "
+             f"{', '.join(f'{x:.2f}' for x in report['load_average_after'])}",
+             f"prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new tokens (greedy), decode = median of "
+             f"{s['repeats']} runs; prefill = one forward, last logits only", ""]
+    lines += table(speed) + [""] + table(memory)
+    lines += ["", "'% of weight read': decode GB/s over a plain read of the same weight bytes timed right after "
+                  "each run (median); private memory = RssAnon (a memory map's pages are shared, not private)"]
+    for r in results:
+        lines.append(f"  {r['backend']}: decode runs {', '.join(f'{x:.1f}' for x in r['decode_tok_s_runs'])} "
+                     f"tok/s against reads of {', '.join(f'{x:.1f}' for x in r['weight_read_gb_s_runs'])} GB/s; "
+                     f"first token {r['first_token_s']:.2f} s")
+    for name, reason in report["unavailable"].items():
+        lines.append(f"not run: {name}: {reason}")
+    for name, error in report.get("failed", {}).items():
+        lines.append(f"FAILED: {name}: {error}")
+    return "\n".join(lines)
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder, hub id or .gguf file (default: SmolLM2-135M-Instruct, offline)")
+    parser.add_argument("--gguf", default=None,
+                        help="the GGUF file for numba-gguf and llama.cpp (default: the model's own GGUF)")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                        help="comma-separated backend names (default: %(default)s); see minilm/bench/engines.py: "
+                             "numpy, numba, numba-bf16, numba-<q8_0|q4_0|q4_1|int8|int4|fp4|nf4>[-exact], "
+                             "numba-gguf[-exact], transformers, transformers-bf16, llama.cpp")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs: about a minute on SmolLM2")
+    parser.add_argument("--prompt-tokens", type=int, default=Settings.prompt_tokens,
+                        help="decode prompt length (default: %(default)s)")
+    parser.add_argument("--new-tokens", type=int, default=Settings.new_tokens,
+                        help="tokens generated per decode run (default: %(default)s)")
+    parser.add_argument("--prefill-tokens", type=int, default=Settings.prefill_tokens,
+                        help="long prefill length, beside 16 (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=Settings.repeats,
+                        help="decode runs per backend (default: %(default)s)")
+    parser.add_argument("--quality", action="store_true",
+                        help="instead: perplexity, top-1 agreement and logit error of every weight format")
+    parser.add_argument("--long", default=None, metavar="LENGTHS",
+                        help="instead: prefill speed and time to first token at these prompt lengths (e.g. 2048,4096)")
+    parser.add_argument("--busy", action="store_true",
+                        help="instead: decode speed with another process holding one core, by thread count")
+    parser.add_argument("--profile", default=None, metavar="BACKEND",
+                        help="instead: the time of one decode step op by op, for one backend name (e.g. numba-bf16)")
+    parser.add_argument("--json", default=None, help="also write the full report to this file")
+
+
+def resolve_inputs(model: str | None, gguf: str | None) -> tuple[str, str | None]:
+    """(checkpoint folder, GGUF file): a .gguf model gives both (converted once); the default model too."""
+    from ..resolve import resolve_model_dir
+    if model is None and gguf is None:
+        from ..default_model import find_default_gguf
+        try:
+            gguf = find_default_gguf()
+        except Exception:
+            gguf = None
+    if model is not None and model.endswith(".gguf"):
+        gguf = gguf or model
+    return resolve_model_dir(model), gguf
+
+
+def main(args) -> int:
+    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer")
+    model_dir, gguf = resolve_inputs(args.model, args.gguf)
+    log = (lambda m: print(m, file=sys.stderr, flush=True))
+    status = 0
+    if args.quality:
+        from .quality import format_quality, quality_table
+        report = quality_table(model_dir, gguf, log=log)
+        print(format_quality(report))
+    elif args.long:
+        from .long_context import format_long, long_context
+        lengths = [int(x) for x in args.long.split(",") if x.strip()]
+        report = long_context(model_dir, lengths, log=log)
+        print(format_long(report))
+    elif args.profile:
+        from .profile import format_profile, profile_decode
+        from .engines import make_engine, parse_spec
+        from .measure import prompt_ids
+        engine = make_engine(parse_spec(args.profile), model_dir, gguf)
+        report = profile_decode(engine.model, prompt_ids(args.prompt_tokens, engine.vocab_size))
+        print(format_profile(report, f"{args.profile} on {model_dir}: one decode step after a "
+                                     f"{args.prompt_tokens}-token prompt; load average "
+                                     f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"))
+    elif args.busy:
+        from .busy import busy_machine, format_busy
+        report = busy_machine(model_dir, gguf, log=log)
+        print(format_busy(report))
+    else:
+        backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        settings = QUICK if args.quick else Settings(args.prompt_tokens, args.new_tokens, args.prefill_tokens,
+                                                     args.repeats)
+        from ..weights import checkpoint_files
+        size = sum(os.path.getsize(f) for f in checkpoint_files(model_dir))
+        log(f"minilm bench: {len(backends)} backends, estimated {estimate_seconds(backends, size, settings) / 60:.0f}"
+            f" min (a rough figure from the checkpoint's {size / 1e9:.2f} GB)")
+        start = time.perf_counter()
+        report = run_bench(model_dir, gguf, backends, settings, log=log)
+        log(f"took {(time.perf_counter() - start) / 60:.1f} min")
+        print(format_report(report))
+        status = 1 if report["failed"] else 0
+    if args.json:
+        for r in report.get("results", []):
+            r.pop("logits", None)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+    return status

@@ -1,0 +1,436 @@
+"""Row kernels of the quantized formats: one weight row dotted with one activation row, or decoded.
+
+numba_quant.py's drivers (GEMV, matmul, embedding) are the same for every
+format; what differs is here, three functions per format family:
+
+    exact_dot(w, o, x2, n)          sum_i x2[n, i] * W[o, i]     W decoded in registers, float32
+    decode_row(w, o, dst, r)        dst[r, :IN] = W[o]           the NumPy decode's values, bit for bit
+    fast_dot(w, o, xq, xds, n, simd)                             llama.cpp's arithmetic on int8 activations
+
+`w` is the tuple of the Weight's arrays (its types say which family it is):
+
+    ggml   (blocks uint8 [OUT, IN/32, 34|18|20],)       q8_0, q4_0, q4_1: the block size says which
+    int8   (codes int8 [OUT, IN], scale float32 [OUT])
+    int4   (codes uint8 [OUT, IN/2], scale uint16 [OUT, G], zero uint16 [OUT, G])   bf16 bits
+    bnb    (codes uint8 [OUT, IN/2], absmax float32 [OUT, IN/64], table float32 [16])  fp4, nf4
+
+Fast-mode activations (numba_quant.quantize_activation_row): xq int8 [N, IN/32, 32]
+codes and xds float32 [N, IN/32, 2] = (d, s) per block, llama.cpp's block_q8_1 with
+float32 d and s. `simd` is a marker array whose dtype picks, at compile time,
+the AVX2 intrinsics (uint8 marker) or plain loops for any CPU (int8 marker).
+
+Inner loops over the 32 codes of a block take their length from an array's
+shape at run time: with a literal range(32) LLVM unrolls the loop completely
+and then vectorises the block loop around it on a stride guess that never
+holds (measured 4.5-5.6x slower).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .numba_math import FASTMATH, bf16_bits_to_float32
+from .numba_simd import (add_f32x8, add_i8x32, ones_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16, load_i8x32,
+                         madd_ones, maddubs, nibbles, nibbles_interleaved, scale, scale_add, sign_i8x32, store_f32x8,
+                         sum_f32x8, widen_i8, widen_u8, xor_i8x32, zeros_f32x8)
+
+QK = 32
+JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
+CHOOSE = dict(jit_options=dict(error_model="numpy", fastmath=FASTMATH), inline="always")   # the overloads below
+
+
+# --- ggml: q8_0, q4_0, q4_1 ------------------------------------------------------------
+
+@njit(**JIT)
+def decode_block_ggml(blocks, o, b, kind):
+    """Block b of row o as 4 x 8 float32 (elements 0-7, ..., 24-31); kind = bytes per block."""
+    d = load_half(blocks, (o, b, 0))
+    if kind == 20:                                                # q4_1: d * n + m
+        w0, w1, w2, w3 = widen_u8(nibbles(load_i8x16(blocks, (o, b, 4))))
+        m = load_half(blocks, (o, b, 2))
+        return scale_add(w0, d, m), scale_add(w1, d, m), scale_add(w2, d, m), scale_add(w3, d, m)
+    if kind == 18:                                                # q4_0: d * (n - 8)
+        w0, w1, w2, w3 = widen_i8(add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8))
+    else:                                                         # q8_0: d * q
+        w0, w1, w2, w3 = widen_i8(load_i8x32(blocks, (o, b, 2)))
+    return scale(w0, d), scale(w1, d), scale(w2, d), scale(w3, d)
+
+
+@njit(**JIT)
+def exact_dot_ggml(w, o, x2, n):
+    blocks = w[0]
+    kind = blocks.shape[2]
+    a0 = a1 = a2 = a3 = zeros_f32x8()                             # 4 accumulators: 4 independent FMA chains
+    for b in range(blocks.shape[1]):
+        w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
+        i = b * QK
+        a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
+        a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
+        a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
+        a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
+    return sum_f32x8(add_f32x8(add_f32x8(a0, a1), add_f32x8(a2, a3)))
+
+
+@njit(**JIT)
+def decode_row_ggml(w, o, dst, r):
+    blocks = w[0]
+    kind = blocks.shape[2]
+    for b in range(blocks.shape[1]):
+        w0, w1, w2, w3 = decode_block_ggml(blocks, o, b, kind)
+        i = b * QK
+        store_f32x8(dst, (r, i), w0)
+        store_f32x8(dst, (r, i + 8), w1)
+        store_f32x8(dst, (r, i + 16), w2)
+        store_f32x8(dst, (r, i + 24), w3)
+
+
+@njit(**JIT)
+def signed_isum(a, b):
+    """sum_j a[j] * b[j] over 32 signed bytes, as 8 int32 lanes (llama.cpp's mul_sum_i8_pairs):
+    vpsignb makes a unsigned (|a|) and moves a's sign onto b, then vpmaddubsw, vpmaddwd."""
+    return madd_ones(maddubs(sign_i8x32(a, a), sign_i8x32(b, a)))
+
+
+@njit(**JIT)
+def fast_dot_q8_0_avx2(blocks, o, xq, xds, n):
+    acc = zeros_f32x8()
+    for b in range(blocks.shape[1]):
+        isum = signed_isum(load_i8x32(blocks, (o, b, 2)), load_i8x32(xq, (n, b, 0)))
+        acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
+    return sum_f32x8(acc)
+
+
+@njit(**JIT)
+def fast_dot_q4_0_avx2(blocks, o, xq, xds, n):
+    acc = zeros_f32x8()
+    for b in range(blocks.shape[1]):
+        codes = add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8)       # n - 8: signed -8..7
+        isum = signed_isum(codes, load_i8x32(xq, (n, b, 0)))
+        acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
+    return sum_f32x8(acc)
+
+
+@njit(**JIT)
+def fast_dot_q4_1_avx2(blocks, o, xq, xds, n):
+    acc = zeros_f32x8()
+    mins = np.float32(0.0)
+    for b in range(blocks.shape[1]):
+        codes = nibbles(load_i8x16(blocks, (o, b, 4)))                       # n: unsigned 0..15, no sign trick
+        isum = madd_ones(maddubs(codes, load_i8x32(xq, (n, b, 0))))
+        acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
+        mins += load_half(blocks, (o, b, 2)) * xds[n, b, 1]                # m * s = m * d_x * sum q
+    return sum_f32x8(acc) + mins
+
+
+@njit(**JIT)
+def fast_dot_ggml_avx2(w, o, xq, xds, n):
+    blocks = w[0]
+    kind = blocks.shape[2]
+    if kind == 20:
+        return fast_dot_q4_1_avx2(blocks, o, xq, xds, n)
+    if kind == 18:
+        return fast_dot_q4_0_avx2(blocks, o, xq, xds, n)
+    return fast_dot_q8_0_avx2(blocks, o, xq, xds, n)
+
+
+@njit(**JIT)
+def fast_dot_ggml_portable(w, o, xq, xds, n):
+    """The same sums with plain integer loops (any CPU)."""
+    blocks = w[0]
+    kind = blocks.shape[2]
+    half = xq.shape[2] // 2
+    acc = mins = np.float32(0.0)
+    for b in range(blocks.shape[1]):
+        isum = 0
+        if kind == 34:                                            # q8_0
+            for j in range(2 * half):
+                isum += np.int8(blocks[o, b, 2 + j]) * np.int32(xq[n, b, j])
+        else:                                                     # q4_0 (n - 8), q4_1 (n)
+            start, offset = (4, 0) if kind == 20 else (2, 8)
+            for j in range(half):
+                byte = np.int32(blocks[o, b, start + j])
+                isum += ((byte & 15) - offset) * np.int32(xq[n, b, j]) \
+                    + ((byte >> 4) - offset) * np.int32(xq[n, b, j + half])
+        acc += np.float32(isum) * (load_half(blocks, (o, b, 0)) * xds[n, b, 0])
+        if kind == 20:
+            mins += load_half(blocks, (o, b, 2)) * xds[n, b, 1]
+    return acc + mins
+
+
+# --- int8: codes [OUT, IN], one scale per row ---------------------------------------------
+
+@njit(**JIT)
+def exact_dot_int8(w, o, x2, n):
+    codes, row_scale = w
+    acc = np.float32(0.0)
+    for i in range(codes.shape[1]):
+        acc += x2[n, i] * np.float32(codes[o, i])
+    return acc * row_scale[o]
+
+
+@njit(**JIT)
+def decode_row_int8(w, o, dst, r):
+    codes, row_scale = w
+    for i in range(codes.shape[1]):
+        dst[r, i] = np.float32(codes[o, i]) * row_scale[o]
+
+
+@njit(**JIT)
+def fast_dot_int8_avx2(w, o, xq, xds, n):
+    codes, row_scale = w
+    acc = zeros_f32x8()
+    for b in range(codes.shape[1] // QK):
+        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))   # -128 works: |-128| = 128 unsigned
+        acc = fma_i32x8(acc, isum, xds[n, b, 0])
+    return sum_f32x8(acc) * row_scale[o]
+
+
+@njit(**JIT)
+def fast_dot_int8_portable(w, o, xq, xds, n):
+    codes, row_scale = w
+    size = xq.shape[2]
+    acc = np.float32(0.0)
+    for b in range(codes.shape[1] // size):
+        isum = 0
+        for j in range(size):
+            isum += np.int32(codes[o, b * size + j]) * np.int32(xq[n, b, j])
+        acc += np.float32(isum) * xds[n, b, 0]
+    return acc * row_scale[o]
+
+
+# --- int4: torchao's nibbles (2i low, 2i+1 high, signed), bf16 scale and zero per group --------
+
+@njit(**JIT)
+def int4_block(w, o, b):
+    """Block b (32 weights) of row o: its 16 code bytes' position, d = scale, zero (float32)."""
+    codes, group_scale, group_zero = w
+    g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])         # blocks of 32 per group
+    return b * (QK // 2), bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
+
+
+@njit(**JIT)
+def decode_block_int4(w, o, b):
+    i, d, z = int4_block(w, o, b)
+    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)  # q + 8 = nibble ^ 8
+    w0, w1, w2, w3 = widen_i8(add_i8x32(unsigned, -8))                      # q: -8..7
+    return scale_add(w0, d, z), scale_add(w1, d, z), scale_add(w2, d, z), scale_add(w3, d, z)
+
+
+@njit(**JIT)
+def exact_dot_int4(w, o, x2, n):
+    a0 = a1 = a2 = a3 = zeros_f32x8()
+    for b in range(w[0].shape[1] // (QK // 2)):
+        w0, w1, w2, w3 = decode_block_int4(w, o, b)
+        i = b * QK
+        a0 = fma_f32x8(load_f32x8(x2, (n, i)), w0, a0)
+        a1 = fma_f32x8(load_f32x8(x2, (n, i + 8)), w1, a1)
+        a2 = fma_f32x8(load_f32x8(x2, (n, i + 16)), w2, a2)
+        a3 = fma_f32x8(load_f32x8(x2, (n, i + 24)), w3, a3)
+    return sum_f32x8(add_f32x8(add_f32x8(a0, a1), add_f32x8(a2, a3)))
+
+
+@njit(**JIT)
+def decode_row_int4(w, o, dst, r):
+    for b in range(w[0].shape[1] // (QK // 2)):
+        w0, w1, w2, w3 = decode_block_int4(w, o, b)
+        i = b * QK
+        store_f32x8(dst, (r, i), w0)
+        store_f32x8(dst, (r, i + 8), w1)
+        store_f32x8(dst, (r, i + 16), w2)
+        store_f32x8(dst, (r, i + 24), w3)
+
+
+@njit(**JIT)
+def fast_dot_int4_avx2(w, o, xq, xds, n):
+    """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale."""
+    acc = zeros_f32x8()
+    mins = np.float32(0.0)
+    for b in range(w[0].shape[1] // (QK // 2)):
+        i, d, z = int4_block(w, o, b)
+        unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
+        isum = madd_ones(maddubs(unsigned, load_i8x32(xq, (n, b, 0))))
+        acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
+        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+    return sum_f32x8(acc) + mins
+
+
+@njit(**JIT)
+def fast_dot_int4_portable(w, o, xq, xds, n):
+    codes = w[0]
+    half = xq.shape[2] // 2
+    acc = mins = np.float32(0.0)
+    for b in range(codes.shape[1] // half):
+        i, d, z = int4_block(w, o, b)
+        isum = 0
+        for j in range(half):
+            byte = np.int32(codes[o, i + j])
+            isum += ((byte & 15) ^ 8) * np.int32(xq[n, b, 2 * j]) + ((byte >> 4) ^ 8) * np.int32(xq[n, b, 2 * j + 1])
+        acc += np.float32(isum) * (d * xds[n, b, 0])
+        mins += (z - np.float32(8.0) * d) * xds[n, b, 1]
+    return acc + mins
+
+
+# --- bnb: fp4 / nf4, codes first-element-high, absmax per 64, a 16-entry table -------------------
+
+@njit(**JIT)
+def exact_dot_bnb(w, o, x2, n):
+    codes, absmax, table = w
+    per_block = codes.shape[1] // absmax.shape[1]                 # 32 bytes = 64 weights
+    acc = np.float32(0.0)
+    for blk in range(absmax.shape[1]):
+        s = np.float32(0.0)
+        for k in range(blk * per_block, (blk + 1) * per_block):
+            byte = codes[o, k]
+            s += x2[n, 2 * k] * table[byte >> 4] + x2[n, 2 * k + 1] * table[byte & 15]
+        acc += s * absmax[o, blk]
+    return acc
+
+
+@njit(**JIT)
+def decode_row_bnb(w, o, dst, r):
+    codes, absmax, table = w
+    per_block = codes.shape[1] // absmax.shape[1]
+    for k in range(codes.shape[1]):
+        a = absmax[o, k // per_block]
+        byte = codes[o, k]
+        dst[r, 2 * k] = table[byte >> 4] * a
+        dst[r, 2 * k + 1] = table[byte & 15] * a
+
+
+# --- fast prefill: one weight block against 4 activation rows ---------------------------------------
+#
+# In prefill the same weight block meets many activation rows, so it is unpacked
+# once and used 4 times. Every format gives its block as vpmaddubsw operands:
+# w_j * x_j = u_j * sign(x_j, v_j) with u unsigned (|w| for signed codes, v = w;
+# the codes themselves for unsigned ones, v = 1), plus the block's d and m.
+
+@njit(**JIT)
+def block_operands_ggml(w, o, b):
+    blocks = w[0]
+    kind = blocks.shape[2]
+    d = load_half(blocks, (o, b, 0))
+    if kind == 20:
+        return nibbles(load_i8x16(blocks, (o, b, 4))), ones_i8x32(), d, load_half(blocks, (o, b, 2))
+    codes = add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8) if kind == 18 else load_i8x32(blocks, (o, b, 2))
+    return sign_i8x32(codes, codes), codes, d, np.float32(0.0)
+
+
+@njit(**JIT)
+def block_operands_int8(w, o, b):
+    codes, row_scale = w
+    c = load_i8x32(codes, (o, b * QK))
+    return sign_i8x32(c, c), c, row_scale[o], np.float32(0.0)
+
+
+@njit(**JIT)
+def block_operands_int4(w, o, b):
+    i, d, z = int4_block(w, o, b)
+    unsigned = xor_i8x32(nibbles_interleaved(load_i8x16(w[0], (o, i))), 8)
+    return unsigned, ones_i8x32(), d, z - np.float32(8.0) * d
+
+
+@njit(**JIT)
+def pair_fma(u, v, xq, xds, n, b, d, acc):
+    """acc + (w . x over block b of activation row n) * d * d_x, the w block given as (u, v)."""
+    isum = madd_ones(maddubs(u, sign_i8x32(load_i8x32(xq, (n, b, 0)), v)))
+    return fma_i32x8(acc, isum, d * xds[n, b, 0])
+
+
+def block_operands(w, o, b):
+    """Block b of weight row o as (u, v, d, m) (any fast format)."""
+
+
+@overload(block_operands, **CHOOSE)
+def _block_operands(w, o, b):
+    impl = {"ggml": block_operands_ggml, "int8": block_operands_int8, "int4": block_operands_int4}[family(w)]
+    return lambda w, o, b: impl(w, o, b)
+
+
+@njit(**JIT)
+def fast_dot4_avx2(w, o, xq, xds, n):
+    """Weight row o times activation rows n .. n+3: 4 dot products."""
+    a0 = a1 = a2 = a3 = zeros_f32x8()
+    m0 = m1 = m2 = m3 = np.float32(0.0)
+    for b in range(in_features(w) // QK):
+        u, v, d, m = block_operands(w, o, b)
+        a0 = pair_fma(u, v, xq, xds, n, b, d, a0)
+        a1 = pair_fma(u, v, xq, xds, n + 1, b, d, a1)
+        a2 = pair_fma(u, v, xq, xds, n + 2, b, d, a2)
+        a3 = pair_fma(u, v, xq, xds, n + 3, b, d, a3)
+        m0 += m * xds[n, b, 1]
+        m1 += m * xds[n + 1, b, 1]
+        m2 += m * xds[n + 2, b, 1]
+        m3 += m * xds[n + 3, b, 1]
+    return sum_f32x8(a0) + m0, sum_f32x8(a1) + m1, sum_f32x8(a2) + m2, sum_f32x8(a3) + m3
+
+
+def fast_dot4(w, o, xq, xds, n, simd):
+    """Row o of W times activation rows n .. n+3 in llama.cpp's arithmetic."""
+
+
+@overload(fast_dot4, **CHOOSE)
+def _fast_dot4(w, o, xq, xds, n, simd):
+    if simd.dtype == types.uint8:
+        return lambda w, o, xq, xds, n, simd: fast_dot4_avx2(w, o, xq, xds, n)
+    return lambda w, o, xq, xds, n, simd: (fast_dot(w, o, xq, xds, n, simd), fast_dot(w, o, xq, xds, n + 1, simd),
+                                           fast_dot(w, o, xq, xds, n + 2, simd), fast_dot(w, o, xq, xds, n + 3, simd))
+
+
+# --- choosing by the weight arrays' types ---------------------------------------------------------
+
+def family(w) -> str:
+    """The format family of a Numba tuple type of weight arrays."""
+    kinds = tuple((str(a.dtype), a.ndim) for a in w)
+    families = {(("uint8", 3),): "ggml",
+                (("int8", 2), ("float32", 1)): "int8",
+                (("uint8", 2), ("uint16", 2), ("uint16", 2)): "int4",
+                (("uint8", 2), ("float32", 2), ("float32", 1)): "bnb"}
+    if kinds not in families:
+        raise TypeError(f"no quantized kernel for weight arrays {kinds}")
+    return families[kinds]
+
+
+def in_features(w):
+    """IN, the row length of the matrix stored in w."""
+
+
+@overload(in_features, **CHOOSE)
+def _in_features(w):
+    per_row = {"ggml": lambda w: w[0].shape[1] * QK, "int8": lambda w: w[0].shape[1]}
+    return per_row.get(family(w), lambda w: w[0].shape[1] * 2)
+
+
+def exact_dot(w, o, x2, n):
+    """sum_i x2[n, i] * W[o, i] with W decoded in float32 (any format)."""
+
+
+@overload(exact_dot, **CHOOSE)
+def _exact_dot(w, o, x2, n):
+    impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4, "bnb": exact_dot_bnb}[family(w)]
+    return lambda w, o, x2, n: impl(w, o, x2, n)
+
+
+def decode_row(w, o, dst, r):
+    """dst[r, :IN] = W[o] (any format)."""
+
+
+@overload(decode_row, **CHOOSE)
+def _decode_row(w, o, dst, r):
+    impl = {"ggml": decode_row_ggml, "int8": decode_row_int8, "int4": decode_row_int4,
+            "bnb": decode_row_bnb}[family(w)]
+    return lambda w, o, dst, r: impl(w, o, dst, r)
+
+
+def fast_dot(w, o, xq, xds, n, simd):
+    """Row o of W times activation row n in llama.cpp's integer arithmetic (ggml, int8, int4)."""
+
+
+@overload(fast_dot, **CHOOSE)
+def _fast_dot(w, o, xq, xds, n, simd):
+    avx2 = simd.dtype == types.uint8                              # the marker's dtype: chosen when compiling
+    impls = {"ggml": (fast_dot_ggml_portable, fast_dot_ggml_avx2),
+             "int8": (fast_dot_int8_portable, fast_dot_int8_avx2),
+             "int4": (fast_dot_int4_portable, fast_dot_int4_avx2)}
+    impl = impls[family(w)][avx2]
+    return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)

@@ -1,0 +1,376 @@
+"""SIMD vectors for the quantized kernels: LLVM vector values and AVX2 instructions in Numba.
+
+Why. Numba's auto-vectoriser turns int8 dot products into widening multiplies
+(vpmovsxbd + vpmulld), 4-5x slower than llama.cpp's AVX2 sequence, and it never
+emits vpmaddubsw. So the fast kernels spell that sequence out: each `@intrinsic`
+below emits one instruction (or one short generic LLVM operation) on an LLVM
+vector, and the Numba types I8x16 ... F32x8 carry those vectors between them
+as ordinary local variables. Intrinsics are emitted inline, so after LLVM's
+optimiser a loop written with them holds its vectors in ymm registers.
+
+    vector   LLVM type        what it holds
+    I8x16    <16 x i8>        16 bytes (4-bit codes still packed)
+    I8x32    <32 x i8>        32 bytes: codes of one block of 32 weights or activations
+    I16x16   <16 x i16>       vpmaddubsw's pair sums
+    I32x8    <8 x i32>        vpmaddwd's sums: 8 partial integer dot products
+    F32x8    <8 x float>      an accumulator of 8 float32 lanes
+
+Only `sign_i8x32`, `maddubs` and `madd_ones` are x86 instructions
+(`llvm.x86.avx2.*`); the kernels use them only when the CPU has AVX2 (see
+HAS_AVX2) and otherwise run plain loops. Everything else here is generic
+LLVM that compiles for any CPU. Loads take an index tuple into an array and do
+not check bounds: the caller owns that.
+
+fp16: with F16C, `half_to_float32` is one vcvtph2ps. Without it LLVM would call
+a runtime helper that Numba's JIT does not link (the process crashes), so CPUs
+without F16C get the same conversions written with integer operations.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic, models, register_model
+
+from .numba_math import int32_bits_to_float32
+
+
+def target_features() -> dict:
+    """The CPU features Numba compiles for: {'avx2': True, ...} (NUMBA_CPU_FEATURES, else the host's)."""
+    flat = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return {f[1:]: f[0] == "+" for f in str(flat).split(",") if f[:1] in "+-" and len(f) > 1}
+
+
+HAS_AVX2 = target_features().get("avx2", False)
+HAS_F16C = target_features().get("f16c", False)
+
+
+# --- vector types ----------------------------------------------------------------
+
+LLVM_ELEMENT = {"i8": ir.IntType(8), "i16": ir.IntType(16), "i32": ir.IntType(32), "f32": ir.FloatType()}
+
+
+class Vector(types.Type):
+    """An LLVM vector of `lanes` numbers of one kind ('i8', 'i16', 'i32', 'f32')."""
+
+    def __init__(self, element: str, lanes: int):
+        self.element, self.lanes = element, lanes
+        super().__init__(name=f"{element}x{lanes}")
+
+    @property
+    def llvm(self):
+        return ir.VectorType(LLVM_ELEMENT[self.element], self.lanes)
+
+
+@register_model(Vector)
+class VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.llvm)
+
+
+I8x16, I8x32, I16x16, I32x8, F32x8 = Vector("i8", 16), Vector("i8", 32), Vector("i16", 16), Vector("i32", 8), \
+    Vector("f32", 8)
+I32 = ir.IntType(32)
+
+
+def lanes(*values):
+    """A constant <n x i32> (shuffle masks)."""
+    return ir.Constant(ir.VectorType(I32, len(values)), list(values))
+
+
+def splat(builder, scalar, vector_type):
+    """<n x T> with every lane = scalar."""
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, one, lanes(*[0] * vector_type.count))
+
+
+def call(builder, name, result, *args):
+    """Call the LLVM intrinsic `name` (e.g. llvm.x86.avx2.pmadd.wd) on args."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def element_pointer(context, builder, array_type, array, index_type, index):
+    """Address of array[index] (index a tuple of integers), no wraparound or bounds check."""
+    ary = context.make_array(array_type)(context, builder, array)
+    idx = [context.cast(builder, i, t, types.intp)
+           for i, t in zip(cgutils.unpack_tuple(builder, index), index_type)]
+    return cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                     cgutils.unpack_tuple(builder, ary.strides), array_type.layout, idx,
+                                     wraparound=False, boundscheck=False)
+
+
+def load_vector(vector_type):
+    """An intrinsic loading vector_type from array[index] (unaligned: vmovdqu / vmovups)."""
+    @intrinsic
+    def load(typingctx, array, index):
+        def codegen(context, builder, signature, args):
+            ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+            return builder.load(builder.bitcast(ptr, vector_type.llvm.as_pointer()), align=1)
+        return vector_type(array, index), codegen
+    return load
+
+
+load_i8x16 = load_vector(I8x16)    # 16 bytes at array[index]
+load_i8x32 = load_vector(I8x32)    # 32 bytes at array[index]
+load_f32x8 = load_vector(F32x8)    # 8 float32 at array[index]
+
+
+@intrinsic
+def store_f32x8(typingctx, array, index, value):
+    """array[index : index+8] = value (float32 array, last axis contiguous)."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        builder.store(args[2], builder.bitcast(ptr, F32x8.llvm.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def load_u16(typingctx, array, index):
+    """The little-endian uint16 at array[index] (a byte array: an fp16 inside a block)."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        return builder.load(builder.bitcast(ptr, ir.IntType(16).as_pointer()), align=1)
+    return types.uint16(array, index), codegen
+
+
+@intrinsic
+def load_f32(typingctx, array, index):
+    """The float32 at array[index] of any array (a float stored in a byte array)."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        return builder.load(builder.bitcast(ptr, ir.FloatType().as_pointer()), align=1)
+    return types.float32(array, index), codegen
+
+
+# --- byte vectors -----------------------------------------------------------------
+
+@intrinsic
+def nibbles(typingctx, packed):
+    """16 bytes -> 32: [b & 15 for each b] + [b >> 4 for each b]  (GGUF's order: j, j+16).
+    Emits vpsrlw, vinserti128, vpand, like llama.cpp's bytes_from_nibbles_32."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        low = builder.and_(v, ir.Constant(I8x16.llvm, [0x0F] * 16))
+        high = builder.lshr(v, ir.Constant(I8x16.llvm, [4] * 16))
+        return builder.shuffle_vector(low, high, lanes(*range(32)))
+    return I8x32(I8x16), codegen
+
+
+@intrinsic
+def nibbles_interleaved(typingctx, packed):
+    """16 bytes -> 32: [b0 & 15, b0 >> 4, b1 & 15, b1 >> 4, ...]  (torchao's order: 2i, 2i+1)."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        low = builder.and_(v, ir.Constant(I8x16.llvm, [0x0F] * 16))
+        high = builder.lshr(v, ir.Constant(I8x16.llvm, [4] * 16))
+        return builder.shuffle_vector(low, high, lanes(*[j // 2 + 16 * (j % 2) for j in range(32)]))
+    return I8x32(I8x16), codegen
+
+
+@intrinsic
+def ones_i8x32(typingctx):
+    """32 bytes of 1: as the second operand of vpsignb it leaves the first unchanged."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(I8x32.llvm, [1] * 32)
+    return I8x32(), codegen
+
+
+@intrinsic
+def add_i8x32(typingctx, v, c):
+    """v[j] + c (wrapping bytes; c an integer constant or variable). q4_0: n - 8."""
+    def codegen(context, builder, signature, args):
+        return builder.add(args[0], splat(builder, builder.trunc(args[1], ir.IntType(8)), I8x32.llvm))
+    return I8x32(I8x32, c), codegen
+
+
+@intrinsic
+def xor_i8x32(typingctx, v, c):
+    """v[j] ^ c. int4: a signed nibble s (q & 15) becomes q + 8 = s ^ 8."""
+    def codegen(context, builder, signature, args):
+        return builder.xor(args[0], splat(builder, builder.trunc(args[1], ir.IntType(8)), I8x32.llvm))
+    return I8x32(I8x32, c), codegen
+
+
+# --- the AVX2 integer dot product (llama.cpp's sequence) ----------------------------
+
+@intrinsic
+def sign_i8x32(typingctx, a, b):
+    """vpsignb: a[j] * sign(b[j]) (0 where b[j] == 0). sign(x, x) = |x| makes a signed
+    operand unsigned for vpmaddubsw; sign(y, x) moves x's sign onto y, so |x| * sign(y, x) = x * y."""
+    def codegen(context, builder, signature, args):
+        return call(builder, "llvm.x86.avx2.psign.b", I8x32.llvm, args[0], args[1])
+    return I8x32(I8x32, I8x32), codegen
+
+
+@intrinsic
+def maddubs(typingctx, u, s):
+    """vpmaddubsw: u unsigned bytes times s signed bytes, adjacent products summed to int16:
+    out[k] = u[2k]*s[2k] + u[2k+1]*s[2k+1] (saturating; with |s| <= 127 and u <= 128 it never does)."""
+    def codegen(context, builder, signature, args):
+        return call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm, args[0], args[1])
+    return I16x16(I8x32, I8x32), codegen
+
+
+@intrinsic
+def madd_ones(typingctx, v):
+    """vpmaddwd with ones: out[k] = v[2k] + v[2k+1] as int32 (8 partial dot products)."""
+    def codegen(context, builder, signature, args):
+        ones = ir.Constant(I16x16.llvm, [1] * 16)
+        return call(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm, args[0], ones)
+    return I32x8(I16x16), codegen
+
+
+# --- float vectors ------------------------------------------------------------------
+
+@intrinsic
+def zeros_f32x8(typingctx):
+    """An accumulator of 8 zeros (vxorps)."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(F32x8.llvm, [0.0] * 8)
+    return F32x8(), codegen
+
+
+@intrinsic
+def fma_i32x8(typingctx, acc, v, scale):
+    """acc + float(v) * scale, lane by lane (vcvtdq2ps, vfmadd231ps): one block's
+    integer sums times its d_w * d_x, added to the row's accumulator."""
+    def codegen(context, builder, signature, args):
+        acc, v, scale = args
+        product = builder.sitofp(v, F32x8.llvm)
+        return call(builder, "llvm.fma.v8f32", F32x8.llvm, product, splat(builder, scale, F32x8.llvm), acc)
+    return F32x8(F32x8, I32x8, types.float32), codegen
+
+
+@intrinsic
+def fma_f32x8(typingctx, a, b, acc):
+    """acc + a * b, lane by lane (vfmadd231ps)."""
+    def codegen(context, builder, signature, args):
+        return call(builder, "llvm.fma.v8f32", F32x8.llvm, args[0], args[1], args[2])
+    return F32x8(F32x8, F32x8, F32x8), codegen
+
+
+@intrinsic
+def add_f32x8(typingctx, a, b):
+    """a + b, lane by lane (vaddps)."""
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+    return F32x8(F32x8, F32x8), codegen
+
+
+@intrinsic
+def scale(typingctx, v, d):
+    """v * d, lane by lane (vmulps)."""
+    def codegen(context, builder, signature, args):
+        return builder.fmul(args[0], splat(builder, args[1], F32x8.llvm))
+    return F32x8(F32x8, types.float32), codegen
+
+
+@intrinsic
+def scale_add(typingctx, v, d, m):
+    """v * d + m, lane by lane, rounded after the product and after the sum like the
+    NumPy decode (no fused multiply-add), so decoded weights are bit-identical to it."""
+    def codegen(context, builder, signature, args):
+        v, d, m = args
+        return builder.fadd(builder.fmul(v, splat(builder, d, F32x8.llvm)), splat(builder, m, F32x8.llvm))
+    return F32x8(F32x8, types.float32, types.float32), codegen
+
+
+@intrinsic
+def sum_f32x8(typingctx, v):
+    """v[0] + ... + v[7] as llama.cpp's hsum_float_8: halves added until one lane is left."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        s4 = builder.fadd(builder.shuffle_vector(v, v, lanes(0, 1, 2, 3)), builder.shuffle_vector(v, v, lanes(4, 5, 6, 7)))
+        s2 = builder.fadd(builder.shuffle_vector(s4, s4, lanes(0, 1)), builder.shuffle_vector(s4, s4, lanes(2, 3)))
+        return builder.fadd(builder.extract_element(s2, ir.Constant(I32, 0)),
+                            builder.extract_element(s2, ir.Constant(I32, 1)))
+    return types.float32(F32x8), codegen
+
+
+def widen_bytes(signed: bool):
+    """An intrinsic: 32 bytes -> 4 x F32x8 (elements 0-7, 8-15, 16-23, 24-31) as float32
+    (vpmovzxbd or vpmovsxbd, then vcvtdq2ps)."""
+    @intrinsic
+    def widen(typingctx, v):
+        def codegen(context, builder, signature, args):
+            wide_type = ir.VectorType(I32, 32)
+            wide = builder.sext(args[0], wide_type) if signed else builder.zext(args[0], wide_type)
+            floats = builder.sitofp(wide, ir.VectorType(ir.FloatType(), 32))
+            parts = [builder.shuffle_vector(floats, floats, lanes(*range(8 * p, 8 * p + 8))) for p in range(4)]
+            return context.make_tuple(builder, signature.return_type, parts)
+        return types.UniTuple(F32x8, 4)(I8x32), codegen
+    return widen
+
+
+widen_u8 = widen_bytes(signed=False)     # codes 0..255 (nibbles) -> float32
+widen_i8 = widen_bytes(signed=True)      # codes -128..127 -> float32
+
+
+# --- fp16 <-> float32 -------------------------------------------------------------------
+
+@intrinsic
+def f16c_half_to_float32(typingctx, bits):
+    """fp16 bits -> float32, exact (vcvtph2ps; needs F16C)."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def f16c_round_to_half(typingctx, x):
+    """float32 -> the nearest fp16 (ties to even), back as float32 (vcvtps2ph, vcvtph2ps)."""
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, x):
+    """The 32 bits of a float32 as an int32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@njit(error_model="numpy", inline="always", cache=True)
+def portable_half_to_float32(bits):
+    """fp16 bits -> float32 with integer operations: shifted into a float32, the exponent is
+    2^112 too small for normals and subnormals alike, so one exact multiply fixes it."""
+    h = np.int32(bits)
+    sign = (h & 0x8000) << 16
+    magnitude = h & 0x7FFF
+    if magnitude >= 0x7C00:                                       # inf, nan: keep the payload
+        return int32_bits_to_float32(sign | 0x7F800000 | ((magnitude & 0x3FF) << 13))
+    value = int32_bits_to_float32(magnitude << 13) * np.float32(5.192296858534828e+33)   # 2^112
+    return -value if sign else value
+
+
+@njit(error_model="numpy", inline="always", cache=True)
+def portable_round_to_half(x):
+    """float32 -> the nearest fp16 value (ties to even), as float32, with integer operations."""
+    a = abs(x)
+    if not a < np.float32(65520.0):                               # overflows to inf (or nan stays nan)
+        r = a if a != a else np.float32(np.inf)
+    elif a < np.float32(6.103515625e-05):                         # fp16 subnormal: a multiple of 2^-24
+        r = np.float32(np.rint(a * np.float32(16777216.0))) * np.float32(5.960464477539063e-08)
+    else:                                                         # drop 13 mantissa bits, ties to even
+        b = float32_bits(a)
+        b = (b + 0xFFF + ((b >> 13) & 1)) & ~np.int32(0x1FFF)
+        r = int32_bits_to_float32(b)
+    return -r if float32_bits(x) < 0 else r                       # -0.0 stays -0.0
+
+
+if HAS_F16C:
+    half_to_float32, round_to_half = f16c_half_to_float32, f16c_round_to_half
+else:
+    half_to_float32, round_to_half = portable_half_to_float32, portable_round_to_half
+
+
+@njit(error_model="numpy", inline="always", cache=True)
+def load_half(array, index):
+    """The fp16 stored at array[index] (a byte array) as float32."""
+    return half_to_float32(load_u16(array, index))

