@@ -89,3 +89,58 @@ __global__ void attention(const T* __restrict__ q, const T* __restrict__ k, cons
         if (d < head_dim) out[row * head_dim + d] = from_float<T>(acc[i] * inv_sum);
     }
 }
+
+// attention_probs - the softmax weights themselves, [B,H,T,S] float32, for
+// output_attentions and the tape: the kernel above never materialises them.
+//
+// q [B,T,H,HD], k [B,S,KV,HD], mask [B,T,S] -> out [B,H,T,S]. One block per
+// query row, grid (H, T, B), like attention. The row lives in `out` itself
+// (global memory), so nothing grows with S in shared memory:
+//   1. one warp per key: out[s] = (q . k_s) * scale, or -inf where masked;
+//   2. block max; each thread: out[s] = exp(out[s] - max) for its keys; block sum;
+//   3. out[s] /= sum. A row with no visible key is all zeros.
+template <typename T>
+__global__ void attention_probs(const T* __restrict__ q, const T* __restrict__ k, const bool* __restrict__ mask,
+                                float* __restrict__ out, int q_len, int kv_len, int heads, int kv_heads,
+                                int head_dim, float scale) {
+    extern __shared__ float q_row[];     // [head_dim] this query, as float32
+    __shared__ float scratch[32];
+
+    const int h = blockIdx.x, t = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (heads / kv_heads);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    const size_t row = ((size_t)b * q_len + t) * heads + h;
+    const bool* visible = mask + ((size_t)b * q_len + t) * kv_len;
+    float* probs = out + (((size_t)b * heads + h) * q_len + t) * kv_len;  // [kv_len] of this row
+
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) q_row[d] = to_float(q[row * head_dim + d]);
+    __syncthreads();
+
+    // 1. scores, one warp per key
+    for (int key = warp; key < kv_len; key += warps) {
+        float score = negative_infinity();
+        if (visible[key]) {  // the same for the whole warp
+            const T* k_row = k + (((size_t)b * kv_len + key) * kv_heads + kv_head) * head_dim;
+            float dot = 0.0f;
+            for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_float(k_row[d]);
+            score = warp_sum(dot) * scale;
+        }
+        if (lane == 0) probs[key] = score;
+    }
+    __syncthreads();  // every warp's scores are written before threads read keys they did not score
+
+    // 2. numerators exp(score - max), each thread over its own keys from here on
+    float local_max = negative_infinity();
+    for (int key = threadIdx.x; key < kv_len; key += blockDim.x) local_max = fmaxf(local_max, probs[key]);
+    const float row_max = block_max(local_max, scratch);
+    float local_sum = 0.0f;
+    for (int key = threadIdx.x; key < kv_len; key += blockDim.x) {
+        const float p = row_max == negative_infinity() ? 0.0f : expf(probs[key] - row_max);  // masked: 0
+        probs[key] = p;
+        local_sum += p;
+    }
+    const float sum = block_sum(local_sum, scratch);
+
+    // 3. normalise (no visible key: sum = 0, the zeros stay)
+    for (int key = threadIdx.x; key < kv_len; key += blockDim.x) probs[key] = sum > 0.0f ? probs[key] / sum : 0.0f;
+}

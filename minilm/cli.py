@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import __version__, bench, masks, parity, testing
+from . import __version__, attention, bench, masks, parity, testing
 from .chat import (ChatSession, check_settings, effective_settings, format_settings, prompt_ids, run_chat,
                    stream_reply)
 from .extras import require_extra
@@ -120,6 +120,13 @@ def cmd_masks(args) -> int:
     if args.png:
         require_extra("matplotlib", "notebooks", "minilm masks --png")
     return masks.main(args)
+
+
+def cmd_attention(args) -> int:
+    if args.png:
+        require_extra("matplotlib", "notebooks", "minilm attention --png")
+    require_backend_extra(args)
+    return attention.main(args)
 
 
 def cmd_convert(args) -> int:
@@ -236,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("bench", bench, bench.main, "speed of every backend side by side"),
             ("parity", parity, cmd_parity, "layer-by-layer error against transformers (the [parity] extra)"),
             ("masks", masks, cmd_masks, "draw attention masks (--png: the [notebooks] extra)"),
+            ("attention", attention, cmd_attention, "draw the attention weights of a text, per head "
+                                                    "(--png: the [notebooks] extra)"),
             ("random-checkpoint", testing, testing.main, "write a random-weight checkpoint of a real config, "
                                                          "one tensor at a time")]:
         p = add_command(sub, name, help_text)

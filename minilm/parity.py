@@ -24,6 +24,7 @@ minilm.parity` stays cheap for the CLI.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from contextlib import contextmanager
@@ -38,8 +39,9 @@ DEFAULT_PROMPT = "The capital of France is"
 TABLE_COLUMNS = ("attn_norm", "attn.q", "attn.k", "attn.v", "attn.q_norm", "attn.k_norm", "attn.q_rope",
                  "attn.k_rope", "attn.context", "attn.out", "mlp_norm", "mlp.out", "out")
 # Names compared in the report: every float intermediate both sides record (masks are
-# checked by tests/test_masks.py; their key layout differs once a sliding cache is involved).
-SKIPPED = ("attn.mask",)
+# checked by tests/test_masks.py, attention weights by tests/test_output_attentions.py: their
+# key axis differs once a sliding cache is involved, and attn.context carries their errors).
+SKIPPED = ("attn.mask", "attn.probs")
 
 
 @dataclass
@@ -238,6 +240,12 @@ def transformers_tape(hf_model):
     def on_input(module, name):
         handles.append(module.register_forward_pre_hook(lambda m, args: save(name, args[0])))
 
+    def probs_hook(i):
+        def hook(module, args, out):                # eager attention returns (output, weights [B, H, T, S])
+            if isinstance(out, tuple) and len(out) > 1 and out[1] is not None:
+                tape[f"layers.{i}.attn.probs"] = out[1].detach().float().cpu().numpy()
+        return hook
+
     def attention_pre_hook(i):
         def hook(module, args, kwargs):
             current["layer"] = i
@@ -253,6 +261,7 @@ def transformers_tape(hf_model):
         if hasattr(layer, "post_attention_layernorm"):          # llama: sequential block
             on_output(layer.post_attention_layernorm, f"{p}.mlp_norm")
         handles.append(attn.register_forward_pre_hook(attention_pre_hook(i), with_kwargs=True))
+        handles.append(attn.register_forward_hook(probs_hook(i)))
         on_output(attn.q_proj, f"{p}.attn.q", split_heads=True)
         on_output(attn.k_proj, f"{p}.attn.k", split_heads=True)
         on_output(attn.v_proj, f"{p}.attn.v", split_heads=True)
@@ -286,6 +295,53 @@ def transformers_tape(hf_model):
         modeling.apply_rotary_pos_emb = original_rope
         for handle in handles:
             handle.remove()
+
+
+class Reference:
+    """transformers' value at a tape name for the same input: the other half of a debugging session.
+
+        ref = Reference(model.path)                  # folder, hub id, or a loaded transformers model
+        ref.at("layers.3.attn.q_rope", ids)          # numpy, minilm's layout, like out.tape[name]
+
+    transformers runs float32 eager attention without a cache on `ids` (a prefill); its
+    intermediates come from `transformers_tape`. The last input's tape is kept, so asking for
+    several names at one stop costs one forward. For a cached decode step pass every token so
+    far and keep the last T positions: `ref.at(name, all_ids)[:, -T:]`.
+    """
+
+    def __init__(self, model_dir_or_hf_model):
+        if isinstance(model_dir_or_hf_model, (str, os.PathLike)):
+            model_dir_or_hf_model = load_transformers_model(resolve_model_dir(str(model_dir_or_hf_model)))
+        self.hf_model = model_dir_or_hf_model
+        self._key, self._tape = None, None
+
+    def tape(self, ids, attention_mask=None) -> dict[str, np.ndarray]:
+        """Every name transformers' hooks see for this input (and "logits")."""
+        import torch
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[None] if ids.ndim == 1 else ids
+        mask = None if attention_mask is None else np.asarray(attention_mask, dtype=np.int64).reshape(ids.shape)
+        key = (ids.shape, ids.tobytes(), None if mask is None else mask.tobytes())
+        if key != self._key:
+            with torch.no_grad(), transformers_tape(self.hf_model) as tape:
+                out = self.hf_model(input_ids=torch.as_tensor(ids),
+                                    attention_mask=None if mask is None else torch.as_tensor(mask))
+            tape["logits"] = out.logits.float().numpy()
+            self._key, self._tape = key, tape
+        return self._tape
+
+    def at(self, name: str, ids, attention_mask=None) -> np.ndarray:
+        tape = self.tape(ids, attention_mask)
+        if name not in tape:
+            close = difflib.get_close_matches(name, list(tape), n=5, cutoff=0.5)
+            raise KeyError(f"transformers' hooks record no {name!r}"
+                           + (f"; close matches: {', '.join(close)}" if close else " (names: docs/tape.md)"))
+        return tape[name]
+
+
+def reference_value(model_dir_or_hf_model, ids, name: str, attention_mask=None) -> np.ndarray:
+    """One name, once: `Reference(model_dir_or_hf_model).at(name, ids)` (loads transformers each call)."""
+    return Reference(model_dir_or_hf_model).at(name, ids, attention_mask)
 
 
 # --- comparing -----------------------------------------------------------------

@@ -93,38 +93,30 @@ print("max |logits(shifted positions) - logits| =", float(np.abs(shifted - model
 
 
 # %% [markdown]
-# ## Attention heatmaps from the tape
+# ## Attention weights: `output_attentions=True`
 #
-# The tape holds the rotated queries and keys and the mask of every layer, so the
-# attention probabilities can be recomputed exactly; multiplying them by $V$ gives back
-# the recorded `attn.context`, which checks the recomputation.
+# `model(ids, output_attentions=True).attentions` holds every layer's softmax weights
+# $[B, H, T, S]$ (each row sums to 1 over the keys the mask lets it see), the same numbers
+# transformers returns with `output_attentions=True` (`tests/test_output_attentions.py`).
+# The attention kernels never hold them, so a separate op (`attention_probs`) computes them,
+# only when asked. Multiplying them by $V$ gives back the recorded `attn.context`.
 
 # %%
-def attention_probs(tape, cfg, layer):
-    """softmax(q k^T / sqrt(d) + mask) per head: [B, H, T, S], from the tape of a prefill."""
-    p = f"layers.{layer}.attn."
-    q = tape.get(p + "q_rope", tape[p + "q"])
-    k = tape.get(p + "k_rope", tape[p + "k"])
-    k = np.repeat(k, cfg.num_attention_heads // cfg.num_key_value_heads, axis=2)
-    scores = np.einsum("bthd,bshd->bhts", q, k) * cfg.head_dim ** -0.5
-    scores = np.where(tape[p + "mask"][:, None], scores, -np.inf)
-    scores -= scores.max(-1, keepdims=True)
-    probs = np.exp(scores)
-    return probs / probs.sum(-1, keepdims=True)
-
+out = model(ids, output_attentions=True, tape=True)
 cfg = model.config
 for layer in (0, 3):
-    probs = attention_probs(tape, cfg, layer)
-    v = np.repeat(tape[f"layers.{layer}.attn.v"], cfg.num_attention_heads // cfg.num_key_value_heads, axis=2)
-    context = np.einsum("bhts,bshd->bthd", probs, v).reshape(tape[f"layers.{layer}.attn.context"].shape)
-    print(f"layer {layer}: probs @ v vs recorded context, max diff "
-          f"{np.abs(context - tape[f'layers.{layer}.attn.context']).max():.1e}")
+    probs = out.attentions[layer]                                                # [B, H, T, S]
+    v = np.repeat(out.tape[f"layers.{layer}.attn.v"], cfg.num_attention_heads // cfg.num_key_value_heads, axis=2)
+    context = np.einsum("bhts,bshd->bthd", probs, v).reshape(out.tape[f"layers.{layer}.attn.context"].shape)
+    same = np.allclose(context, out.tape[f"layers.{layer}.attn.context"], atol=1e-5)
+    print(f"layer {layer}: weights {probs.shape}, weights @ v = recorded context: {same}")
+print("keys seen per query, sliding layer 0:", (out.attentions[0][0, 0] > 0).sum(-1))
+print("keys seen per query, global layer 3: ", (out.attentions[3][0, 0] > 0).sum(-1))
 
 fig, axes = plt.subplots(2, 4, figsize=(13, 6.5))
 for row, layer in enumerate((0, 3)):
-    probs = attention_probs(tape, cfg, layer)
     for h in range(4):
-        axes[row, h].imshow(probs[0, h], cmap="magma", vmin=0, vmax=1)
+        axes[row, h].imshow(out.attentions[layer][0, h], cmap="magma", vmin=0, vmax=1)
         axes[row, h].set_title(f"layer {layer} ({cfg.layer_types[layer][:7]}) head {h}", fontsize=9)
         axes[row, h].set_xlabel("key"); axes[row, h].set_ylabel("query")
 plt.tight_layout(); plt.show()
@@ -133,7 +125,8 @@ plt.tight_layout(); plt.show()
 # ### The same on a real model
 #
 # SmolLM2's heads show typical patterns: many heads park attention on the first token
-# (an "attention sink"), some look at the previous token.
+# (an "attention sink"), some look at the previous token. `minilm attention "text" --layer 12
+# --head 3 --png out.png` draws the same from the command line.
 
 # %%
 from minilm.default_model import default_model_dir
@@ -143,9 +136,8 @@ real = minilm.load(real_folder, backend="numpy", progress=False)
 tok = Tokenizer.from_pretrained(real_folder)
 text_ids = tok.encode("The quick brown fox jumps over the lazy dog because it was")
 labels = [tok.decode([t]) for t in text_ids]
-real_tape = real(np.array([text_ids]), tape=True).tape
 layer = 12
-probs = attention_probs(real_tape, real.config, layer)
+probs = real(np.array([text_ids]), output_attentions=True).attentions[layer]     # [1, 9, T, T]
 fig, axes = plt.subplots(1, 3, figsize=(15, 5))
 for ax, h in zip(axes, (0, 3, 7)):
     ax.imshow(probs[0, h], cmap="magma", vmin=0, vmax=1)

@@ -44,6 +44,12 @@ def run(be, op, rng):
         q, k, v = randn(rng, 2, 5, 4, 16), randn(rng, 2, 9, 2, 16), randn(rng, 2, 9, 2, 16)
         mask = attention_mask(np.arange(4, 9), np.arange(9), np.ones((2, 9), bool), window=3)
         return be.attention(be.asarray(q), be.asarray(k), be.asarray(v), be.asarray(mask), 0.25)
+    if op == "attention_probs":
+        q, k = randn(rng, 2, 5, 4, 16), randn(rng, 2, 9, 2, 16)
+        key_valid = np.ones((2, 9), bool)
+        key_valid[1, :6] = False                                   # row 1's first query sees nothing
+        mask = attention_mask(np.arange(4, 9), np.arange(9), key_valid, window=3)
+        return be.attention_probs(be.asarray(q), be.asarray(k), be.asarray(mask), 0.25)
     if op == "swiglu":
         return be.swiglu(be.asarray(x), be.asarray(randn(rng, 2, 5, 64)))
     if op == "linear":

@@ -248,6 +248,8 @@ def test_abbreviated_options_are_refused(capsys):
     ("torch", ["parity"], 'minilm parity needs the [parity] extra: pip install -e ".[parity]"'),
     ("matplotlib", ["masks", "--png", "x.png"], 'minilm masks --png needs the [notebooks] extra: '
                                                   'pip install -e ".[notebooks]"'),
+    ("matplotlib", ["attention", "Hi", "--layer", "0", "--png", "x.png"],
+     'minilm attention --png needs the [notebooks] extra: pip install -e ".[notebooks]"'),
     ("cupy", ["generate", "hi", "--backend", "cuda-emulated"],
      'minilm generate --backend cuda-emulated needs the [cuda] extra: pip install -e ".[cuda]"'),
     ("cupy", ["chat", "--backend", "cuda"], 'minilm chat --backend cuda needs the [cuda] extra: '

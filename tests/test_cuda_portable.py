@@ -19,7 +19,8 @@ import pytest
 
 import cupy  # noqa: F401  (the harness takes its CUDA include directories from CuPy)
 
-from minilm.cuda import emulator, make_cuda_backend, registry  # noqa: E402
+from minilm.cuda import emulator, registry  # noqa: E402
+from minilm.cuda.backend import CudaBackend  # noqa: E402
 from minilm.cuda.emulator import EmulatedModule  # noqa: E402
 from minilm.ops import attention as ref_attention  # noqa: E402
 from minilm.ops import norm  # noqa: E402
@@ -37,7 +38,7 @@ def emulated_backend(monkeypatch, compiler: str | None, ucontext: bool):
     else:
         monkeypatch.delenv("MINILM_CXX", raising=False)
     monkeypatch.setenv("MINILM_HARNESS_UCONTEXT", "1" if ucontext else "0")
-    return make_cuda_backend(emulated=True)
+    return CudaBackend(emulated=True)         # the class: its launch helpers (_module) too
 
 
 def run_rms_norm_and_attention(backend) -> None:

@@ -25,7 +25,7 @@ LAYERS = [
     ["minilm.resolve"],
     ["minilm.loading"],
     ["minilm", "minilm.testing", "minilm.evaluate"],
-    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.chat"],
+    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.attention", "minilm.chat"],
     ["minilm.cli"],
 ]
 

@@ -33,7 +33,8 @@ EXPECTED = {
     "01_tour": ["recorded intermediates", "max |difference| = 0.0e+00", "cache holds"],
     "02_norms_and_rope": ["scale invariant: True True", "interleaved == permute, half-split, unpermute: True"],
     "03_attention": ["GQA == MHA with repeated kv heads: True", "layer 3 (full_attention): attn.q, attn.k, attn.v, "
-                     "attn.mask", "sliding window W=4"],
+                     "attn.mask", "sliding window W=4", "layer 3: weights (1, 4, 12, 12), weights @ v = recorded "
+                     "context: True"],
     "04_llama_vs_cohere": ["cohere out = x + attn(n) + mlp(n):           True", "same greedy token: True"],
     "05_kernels": ["backends: ['numpy', 'numba'"],
     "06_parity": ["report ok: True", "first jump: Comparison(stage='prefill', name='layers.17.mlp.up'"],

@@ -27,11 +27,16 @@ def expected_names(config) -> list[str]:
             names += [f"{p}.attn.q_norm", f"{p}.attn.k_norm"]
         if FAMILY_CLASSES[config.model_type].layer_uses_rope(config, i):
             names += [f"{p}.attn.q_rope", f"{p}.attn.k_rope"]
-        names += [f"{p}.attn.mask", f"{p}.attn.context", f"{p}.attn.out"]
+        names += [f"{p}.attn.mask", f"{p}.attn.probs", f"{p}.attn.context", f"{p}.attn.out"]
         if config.model_type == "llama":             # the sequential block's second norm
             names += [f"{p}.mlp_norm"]
         names += [f"{p}.mlp.gate", f"{p}.mlp.up", f"{p}.mlp.act", f"{p}.mlp.out", f"{p}.out"]
     return names + ["final_norm", "logits"]
+
+
+def rows(name, value, keep):
+    """The non-pad query rows of a tape value: keep [B, T]; attn.probs is [B, H, T, S]."""
+    return value.transpose(0, 2, 1, 3)[keep] if name.endswith("attn.probs") else value[keep]
 
 
 def padded_batch(length=10, pad=3):
@@ -82,6 +87,7 @@ def test_tape_names_and_shapes(tiny_model, family):
     assert tape["layers.0.attn.q"].shape == (B, T, H, HD)
     assert tape["layers.0.attn.k"].shape == tape["layers.0.attn.v"].shape == (B, T, KV, HD)
     assert tape["layers.0.attn.mask"].shape == (B, T, T) and tape["layers.0.attn.mask"].dtype == bool
+    assert tape["layers.0.attn.probs"].shape == (B, H, T, T) and tape["layers.0.attn.probs"].dtype == np.float32
     assert tape["layers.0.attn.context"].shape == (B, T, H * HD)
     assert tape["layers.0.mlp.act"].shape == (B, T, F)
     assert tape["logits"].shape == (B, T, cfg.vocab_size)
@@ -102,7 +108,7 @@ def test_tape_equals_transformers_intermediates(tiny_model, family):
         if name.endswith("attn.mask"):
             np.testing.assert_array_equal(value, ref[name], err_msg=name)  # pad rows included
         else:
-            err = np.abs(value[keep] - ref[name][keep]).max()
+            err = np.abs(rows(name, value, keep) - rows(name, ref[name], keep)).max()
             assert err < 1e-4, f"{name}: max abs error {err:.3g}"
         checked.append(name)
     assert checked == expected_names(model.config)            # nothing skipped: hooks cover every name
@@ -123,7 +129,7 @@ def test_tape_during_cached_decode_matches_transformers(tiny_model):
     with torch.no_grad(), transformers_tape(hf) as ref:
         hf(torch.as_tensor(step), past_key_values=hf_cache, use_cache=True)
     for name in ours:
-        if name in ref and not name.endswith("attn.mask"):
+        if name in ref and not name.endswith(("attn.mask", "attn.probs")):   # key slots: ring order here
             assert np.abs(ours[name] - ref[name]).max() < 1e-4, name
     # The decode-step mask shows which cached keys the new token saw (ring slots for sliding layers).
     assert ours["layers.0.attn.mask"].sum() == model.config.sliding_window
@@ -151,4 +157,5 @@ def test_tape_names_are_the_same_on_every_backend(tiny_model, family, backend):
         if value.dtype == bool:
             np.testing.assert_array_equal(value, reference[name], err_msg=name)
         else:
-            assert np.abs(value[keep] - reference[name][keep]).max() < 1e-4, f"{backend} {name}"
+            assert np.abs(rows(name, value, keep) - rows(name, reference[name], keep)).max() < 1e-4, \
+                f"{backend} {name}"

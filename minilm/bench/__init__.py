@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,37 +26,11 @@ import numpy as np
 
 from .engines import Unavailable, parse_spec, weight_files
 from .measure import Settings
+from .report import gb, ratio, table
+from .runner import run_child
 
 DEFAULT_BACKENDS = ("numba", "numba-bf16", "numba-gguf", "transformers", "llama.cpp")
 QUICK = Settings(prompt_tokens=16, new_tokens=16, prefill_tokens=128, repeats=1)
-
-
-# --- running children ---------------------------------------------------------------------------
-
-def child_env() -> dict:
-    """The children import this same minilm (a checkout on PYTHONPATH stays first)."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def run_child(command: str, payload: dict, log=print) -> dict:
-    """Run `python -m minilm.bench worker <command> <json>`: its stderr (progress) goes to the log
-    as it comes; its last stdout line is the JSON result."""
-    proc = subprocess.Popen([sys.executable, "-m", "minilm.bench", "worker", command, json.dumps(payload)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-    errors = []
-    for line in proc.stderr:
-        line = line.rstrip()
-        if line.startswith("  ") and ": " in line:          # a progress line of measure.progress()
-            log(line)
-        else:
-            errors.append(line)
-    out = proc.stdout.read()
-    if proc.wait() != 0:
-        raise RuntimeError(f"benchmark child {command} failed:\n" + "\n".join(errors[-30:]))
-    return json.loads(out.strip().splitlines()[-1])
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -137,22 +110,6 @@ def machine() -> dict:
 
 # --- the report ---------------------------------------------------------------------------------------
 
-def _gb(n) -> str:
-    return "-" if n is None else (f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB")
-
-
-def _ratio(r, key) -> str:
-    value = r.get(key)
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def table(rows: list[tuple]) -> list[str]:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return lines
-
-
 def format_report(report: dict) -> str:
     s = report["settings"]
     results = report["results"]
@@ -162,14 +119,14 @@ def format_report(report: dict) -> str:
     for r in results:
         cold = "-" if r["load_cold_s"] is None else f"{r['load_cold_s']:.1f}"
         prefill = f"{r['prefill_tok_s']['16']:.0f} / {r['prefill_tok_s'][p]:.0f}"
-        speed.append((r["backend"], _gb(r["weight_bytes"]), f"{cold} / {r['load_warm_s']:.1f} s", prefill,
-                      f"{r['decode_tok_s']:.1f}", _ratio(r, "decode_vs_transformers"), _ratio(r, "decode_vs_llama.cpp"),
+        speed.append((r["backend"], gb(r["weight_bytes"]), f"{cold} / {r['load_warm_s']:.1f} s", prefill,
+                      f"{r['decode_tok_s']:.1f}", ratio(r, "decode_vs_transformers"), ratio(r, "decode_vs_llama.cpp"),
                       f"{r['pct_roofline']:.0f}%"))
     memory = [("backend", "storage", "peak resident / private", "private / weights", "KV cache / token",
                "max |dlogit| vs", "same tokens")]
     for r in results:
         private = r["generate_peak_private"]
-        memory.append((r["backend"], r["description"], f"{_gb(r['generate_peak_rss'])} / {_gb(private)}",
+        memory.append((r["backend"], r["description"], f"{gb(r['generate_peak_rss'])} / {gb(private)}",
                        "-" if not private else f"{private / r['weight_bytes']:.2f}",
                        f"{r['kv_bytes_per_token'] / 1024:.0f} KiB",
                        "-" if r.get("max_logit_diff") is None else f"{r['max_logit_diff']:.2g} ({r['reference']})",

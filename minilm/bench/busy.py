@@ -46,7 +46,7 @@ def decode_speed(model_dir: str, gguf: str | None, backend: str, threads: list, 
 
 def busy_machine(model_dir: str, gguf: str | None, backend: str = "numba", log=print, tokens: int = 64,
                  repeats: int = 3) -> dict:
-    from . import run_child
+    from .runner import run_child
     rows = {}
     for condition in ("idle", "busy"):
         spinner = subprocess.Popen([sys.executable, "-c", SPINNER]) if condition == "busy" else None
@@ -64,7 +64,7 @@ def busy_machine(model_dir: str, gguf: str | None, backend: str = "numba", log=p
 
 
 def format_busy(report: dict) -> str:
-    from . import table
+    from .report import table
     rows = [("machine", *SETTINGS)]
     for condition, speeds in report["rows"].items():
         rows.append((condition, *[f"{speeds[str(v)]:.1f} tok/s" for v in SETTINGS.values()]))

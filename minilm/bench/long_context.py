@@ -28,7 +28,7 @@ def measure_long(backend: str, model_dir: str, lengths: list) -> dict:
 
 def long_context(model_dir: str, lengths: list, backends=("numba", "transformers"), log=print) -> dict:
     import os
-    from . import run_child
+    from .runner import run_child
     results = {}
     for backend in backends:
         log(f"{backend} ...")
@@ -37,13 +37,13 @@ def long_context(model_dir: str, lengths: list, backends=("numba", "transformers
 
 
 def format_long(report: dict) -> str:
-    from . import _gb, table
+    from .report import gb, table
     rows = [("prompt tokens", *[f"{b}: first token s / prefill tok/s / peak" for b in report["results"]])]
     for i, length in enumerate(report["lengths"]):
         cells = []
         for result in report["results"].values():
             r = result.get("rows", [{}] * len(report["lengths"]))[i]
-            cells.append(f"{r['first_token_s']:.1f} / {r['prefill_tok_s']:.0f} / {_gb(r['peak_rss'])}" if r else "-")
+            cells.append(f"{r['first_token_s']:.1f} / {r['prefill_tok_s']:.0f} / {gb(r['peak_rss'])}" if r else "-")
         rows.append((str(length), *cells))
     return "\n".join([f"model {report['model_dir']}; load average {', '.join(f'{x:.2f}' for x in report['load_average'])}",
                       ""] + table(rows))

@@ -49,7 +49,7 @@ def profile_decode(model, prompt, steps: int = 8) -> dict:
 
 
 def format_profile(profile: dict, title: str) -> str:
-    from . import table
+    from .report import table
     step = profile["step"][1]
     rows = [("op", "calls / step", "ms / step", "share")]
     for op, (calls, seconds) in sorted(profile.items(), key=lambda kv: -kv[1][1]):

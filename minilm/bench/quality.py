@@ -71,11 +71,11 @@ def quality_table(model_dir: str, gguf: str | None, context: int = 512, log=prin
 
 
 def format_quality(report: dict) -> str:
-    from . import _gb, table
+    from .report import gb, table
     rows = [("weights", "perplexity", "top-1 = float32", "max |dlogit|", "weight bytes", "decode tok/s")]
     for r in report["rows"]:
         rows.append((r["variant"], f"{r['perplexity']:.3f}", f"{100 * r['top1_agreement']:.1f}%",
-                     f"{r['max_logit_error']:.3g}", _gb(r["weight_bytes"]), f"{r['decode_tok_s']:.1f}"))
+                     f"{r['max_logit_error']:.3g}", gb(r["weight_bytes"]), f"{r['decode_tok_s']:.1f}"))
     notes = [f"  {r['variant']}: {note}" for r in report["rows"] for note in r["notes"]]
     return "\n".join([f"model {report['model_dir']}; text: the Declaration of Independence, {report['rows'][0]['tokens']}"
                       f" predicted tokens in windows of {report['context']}", ""] + table(rows)

@@ -10,7 +10,9 @@
 
 Activations are float32; weights (formats.Weight) may be stored as float32,
 float16 or bfloat16 and are always accumulated in float32. NumPy and CuPy have
-no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16.
+no bfloat16 dtype, so bfloat16 arrays hold raw bits in uint16. The quantized
+formats (q8_0, q4_0, q4_1, int8, int4, fp4, nf4) run as stored on the kernels
+of quant.cu (exact mode) and quant_fast.cu (fast mode: int8 activations).
 
 `CudaBackend` holds the launch machinery and one method per op;
 `make_cuda_backend` builds the contract's namespace from its methods.
@@ -23,12 +25,14 @@ import numpy as np
 
 from ..errors import UnsupportedFormatError
 from ..formats import Weight
+from ..formats.bnb import TABLES
 from ..ops import sampling
 from ..ops.contract import OPS, build_backend
 from . import registry
 
 DENSE_FORMATS = ("float32", "float16", "bfloat16")
 GEMV_MAX_ROWS = 8          # up to this many tokens, linear() reads each weight row once per warp
+QK = 32                    # quantized kernels: weights per block, activations quantized per block (fast mode)
 ATTENTION_MAX_THREADS = 128  # attention.cu: keys per tile = threads; head_dim <= 4 * threads
 SAMPLE_THREADS = 256       # sampling.cu: SAMPLE_THREADS
 
@@ -83,6 +87,7 @@ class CudaBackend:
             self._new_module = lambda code, names: cupy.RawModule(code=code, name_expressions=names)
         self._modules: dict = {}
         self._no_bias = self.asarray(np.zeros(1, dtype=np.float32))  # a valid pointer when bias is None
+        self._tables: dict = {}                                       # fp4/nf4 code tables on the device
 
     # --- glue ----------------------------------------------------------------
     def asarray(self, array):
@@ -95,13 +100,19 @@ class CudaBackend:
         return 1                            # the GPU (or the harness's own workers) needs no tuning here
 
     def supports(self, format, mode):
-        return format in DENSE_FORMATS       # dense weights have no activation quantization: either mode
+        if format in DENSE_FORMATS:
+            return True                      # dense weights have no activation quantization: either mode
+        return format in registry.QUANT_FORMATS and (mode == "exact" or format in registry.FAST_QUANT_FORMATS)
 
     def prepare_weight(self, weight: Weight) -> Weight:
-        """A host Weight -> the same Weight with its arrays on the device (emulated: host, contiguous)."""
+        """A host Weight -> the same Weight with every array on the device (emulated: host, contiguous)."""
         if not self.supports(weight.format, weight.mode):
-            raise UnsupportedFormatError(f"backend {self.name!r} does not run weight format {weight.format!r}")
-        return weight.with_arrays(data=self.asarray(weight.data))
+            in_mode = f" in {weight.mode} mode" if self.supports(weight.format, "exact") else ""
+            raise UnsupportedFormatError(f"backend {self.name!r} does not run weight format {weight.format!r}{in_mode}")
+        if weight.format in registry.QUANT_FORMATS and weight.mode == "fast" and weight.shape[1] % QK:
+            raise UnsupportedFormatError(f"backend {self.name!r}: format {weight.format!r} in fast mode quantizes "
+                                         f"activations in blocks of {QK}; got a row length of {weight.shape[1]}")
+        return weight.with_arrays(**{name: self.asarray(a) for name, a in weight.arrays.items()})
 
     def compile_all(self) -> None:
         """Build every kernel module now (in parallel) instead of on first use."""
@@ -140,9 +151,7 @@ class CudaBackend:
         q, k, v = self._c(q), self._c(k), self._c(v)
         B, T, H, HD = q.shape
         S, KV = k.shape[1], k.shape[2]
-        if k.dtype != q.dtype:
-            raise UnsupportedFormatError(f"backend {self.name!r} attends over a KV cache stored like q ({q.dtype}); "
-                                         f"cache_dtype='bfloat16' runs on the numpy and numba backends")
+        self._check_cache_dtype(q, k)
         if H % KV or HD > 4 * ATTENTION_MAX_THREADS or k.shape != v.shape:
             raise ValueError(f"attention: unsupported shapes q {q.shape}, k {k.shape}, v {v.shape}")
         mask = self._broadcast(mask, (B, T, S), bool)
@@ -155,6 +164,23 @@ class CudaBackend:
                      shared_mem=(HD + threads) * 4)
         return out
 
+    def attention_probs(self, q, k, mask, scale: float):
+        q, k = self._c(q), self._c(k)
+        B, T, H, HD = q.shape
+        S, KV = k.shape[1], k.shape[2]
+        self._check_cache_dtype(q, k)
+        if H % KV:
+            raise ValueError(f"attention_probs: {H} query heads do not split over {KV} kv heads")
+        mask = self._broadcast(mask, (B, T, S), bool)
+        out = self._empty((B, H, T, S), np.float32)                 # float32 whatever q's storage
+        # One warp per key for the scores, then every thread walks its strided keys.
+        threads = _threads(32 * min(S, 4), cap=ATTENTION_MAX_THREADS)
+        self._launch("attention", "attention_probs", (q,), (H, T, B), threads,
+                     (q, k, mask, out, np.int32(T), np.int32(S), np.int32(H), np.int32(KV), np.int32(HD),
+                      np.float32(scale)),
+                     shared_mem=HD * 4)
+        return out
+
     def swiglu(self, gate, up):
         gate, up = self._c(gate), self._c(up)
         out = self._empty(gate.shape, gate.dtype)
@@ -163,6 +189,8 @@ class CudaBackend:
         return out
 
     def linear(self, x, weight, bias=None):
+        if weight.format in registry.QUANT_FORMATS:
+            return self._quant_linear(x, weight, bias)
         x, weight = self._c(x), weight.data
         in_features, out_features = x.shape[-1], weight.shape[0]
         rows = x.size // in_features
@@ -181,6 +209,8 @@ class CudaBackend:
         return out
 
     def embedding(self, ids, table):
+        if table.format in registry.QUANT_FORMATS:
+            return self._quant_embedding(ids, table)
         ids, table = self._c(ids, np.int64), table.data
         vocab, dim = table.shape
         out = self._empty(ids.shape + (dim,), np.float32)
@@ -215,7 +245,77 @@ class CudaBackend:
         self._launch("sampling", "sample", (scores,), rows, SAMPLE_THREADS, (scores, uniforms, out, np.int32(vocab)))
         return out
 
+    # --- quantized weights (kernels/quant.cu, quant_fast.cu) ---------------------
+    def _quant_linear(self, x, weight: Weight, bias):
+        x = self._c(x)
+        if x.dtype != np.float32:
+            raise TypeError(f"linear: quantized weights take float32 activations, got {x.dtype}")
+        out_features, in_features = weight.shape
+        if x.shape[-1] != in_features:
+            raise ValueError(f"linear: x {tuple(x.shape)} does not match a weight of shape {list(weight.shape)}")
+        rows = x.size // in_features
+        has_bias = bias is not None
+        bias = self._c(bias, np.float32) if has_bias else self._no_bias
+        out = self._empty(x.shape[:-1] + (out_features,), np.float32)
+        tail = (*self._quant_arrays(weight), bias, out, np.int32(rows), np.int32(in_features),
+                np.int32(out_features), np.int32(has_bias))
+        module, suffix, inputs = "quant", "", (x,)
+        if weight.mode == "fast":
+            module, suffix, inputs = "quant_fast", "_fast", self._quantize_activations(x, rows * in_features // QK)
+        if rows <= GEMV_MAX_ROWS:    # one warp per output row, 4 rows per block of threads
+            self._launch_quant(module, registry.quant_name("quant_gemv" + suffix, weight.format),
+                               _cdiv(out_features, 4), 128, (*inputs, *tail))
+        else:                        # 32x32 tiles of out
+            self._launch_quant(module, registry.quant_name("quant_tiled" + suffix, weight.format),
+                               (_cdiv(out_features, 32), _cdiv(rows, 32)), (32, 8), (*inputs, *tail))
+        return out
+
+    def _quantize_activations(self, x, blocks: int):
+        """float32 x -> (int8 codes like x, fp16-rounded scales and scaled sums [blocks]): fast mode's input."""
+        xq = self._empty(x.shape, np.int8)
+        xd, xs = self._empty((blocks,), np.float32), self._empty((blocks,), np.float32)
+        self._launch_quant("quant_fast", "quantize_activations", _cdiv(blocks, 4), 128,
+                           (x, xq, xd, xs, np.int32(blocks)))
+        return xq, xd, xs
+
+    def _quant_embedding(self, ids, table: Weight):
+        ids = self._c(ids, np.int64)
+        vocab, dim = table.shape
+        out = self._empty(ids.shape + (dim,), np.float32)
+        self._launch_quant("quant", registry.quant_name("quant_embedding", table.format), ids.size, _threads(dim),
+                           (ids, *self._quant_arrays(table), out, np.int32(vocab), np.int32(dim)))
+        return out
+
+    def _quant_arrays(self, weight: Weight) -> tuple:
+        """The kernels' (codes, scales, extra, group_blocks) for a Weight (see kernels/quant.cuh)."""
+        a, unused = weight.arrays, self._no_bias
+        if weight.format in ("q8_0", "q4_0", "q4_1"):
+            return a["blocks"], unused, unused, np.int32(0)
+        if weight.format == "int8":
+            return a["codes"], a["scale"], unused, np.int32(0)
+        if weight.format == "int4":
+            group_blocks = weight.shape[1] // QK // a["scale"].shape[1]
+            return a["codes"], a["scale"], a["zero"], np.int32(group_blocks)
+        if weight.format not in self._tables:                       # fp4, nf4: the 16-entry table
+            self._tables[weight.format] = self.asarray(TABLES[weight.format])
+        return a["codes"], a["absmax"], self._tables[weight.format], np.int32(0)
+
+    def _launch_quant(self, module: str, name: str, grid, block, args):
+        """Launch the kernel `name` of kernels/<module>.cu (nothing to do for empty inputs)."""
+        if name not in registry.MODULES[module]:
+            raise TypeError(f"the CUDA backend has no {name}")
+        grid = grid if isinstance(grid, tuple) else (grid,)
+        if 0 in grid:
+            return
+        block = block if isinstance(block, tuple) else (block,)
+        self._module(module).get_function(name)(grid, block, args)
+
     # --- helpers ---------------------------------------------------------------
+    def _check_cache_dtype(self, q, k):
+        if k.dtype != q.dtype:
+            raise UnsupportedFormatError(f"backend {self.name!r} attends over a KV cache stored like q ({q.dtype}); "
+                                         f"cache_dtype='bfloat16' runs on the numpy and numba backends")
+
     def _c(self, array, dtype=None):
         """Any host (numpy) or backend array -> a C-contiguous backend array."""
         # cupy.ascontiguousarray refuses numpy input: asarray moves it to the device first.

@@ -33,17 +33,36 @@ def _all(function: str, combos) -> list[str]:
     return [name_expression(function, *c) for c in combos]
 
 
+# Quantized weight formats (minilm.formats) -> the struct in kernels/quant.cuh that reads them.
+# fp4 and nf4 share one struct: they differ only in the 16-entry table the backend passes.
+QUANT_FORMATS = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "int8": "Int8", "int4": "Int4",
+                 "fp4": "Bnb4", "nf4": "Bnb4"}
+# The formats whose weights are integer codes times a block scale have fast-mode kernels.
+FAST_QUANT_FORMATS = ("q8_0", "q4_0", "q4_1", "int8", "int4")
+
+
+def quant_name(function: str, format: str) -> str:
+    """quant_gemv, q4_1 -> 'quant_gemv<Q4_1>'."""
+    return f"{function}<{QUANT_FORMATS[format]}>"
+
+
+def _quant(functions, formats) -> list[str]:
+    return list(dict.fromkeys(quant_name(f, fmt) for f in functions for fmt in formats))
+
+
 # kernels/<file>.cu -> every instantiation the backend may launch
 MODULES: dict[str, list[str]] = {
     "rms_norm": _all("rms_norm", ACTIVATION_WEIGHT),
     "layer_norm": _all("layer_norm", ACTIVATION_WEIGHT),
     "rope": _all("rope", [(d,) for d in FLOATS]),
-    "attention": _all("attention", [(d,) for d in FLOATS]),
+    "attention": _all("attention", [(d,) for d in FLOATS]) + _all("attention_probs", [(d,) for d in FLOATS]),
     "swiglu": _all("swiglu", [(d,) for d in FLOATS]),
     "matmul": _all("linear_gemv", ACTIVATION_WEIGHT) + _all("linear_tiled", ACTIVATION_WEIGHT),
     "embedding": _all("embedding", [(d,) for d in FLOATS]),
     "logit_scale": _all("scale_logits", [(d,) for d in FLOATS]),
     "sampling": _all("argmax", [(d,) for d in FLOATS]) + _all("sample", [(d,) for d in FLOATS]),
+    "quant": _quant(("quant_gemv", "quant_tiled", "quant_embedding"), QUANT_FORMATS),
+    "quant_fast": ["quantize_activations"] + _quant(("quant_gemv_fast", "quant_tiled_fast"), FAST_QUANT_FORMATS),
 }
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)

@@ -9,7 +9,7 @@ HD head dim, V vocab.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..cache import KVCache
 from ..weights import check_unchanged
 from ..ops.attention import attention_mask
 from ..ops.rope import RotaryEmbedding
+from .debugging import debug_hook
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ModelOutput:
     hidden_states: tuple | None = None
     loss: float | None = None
     tape: dict | None = None
+    attentions: tuple | None = None    # output_attentions: per layer, softmax weights [B, H, T, S] float32
+    attention_key_positions: tuple | None = None  # per layer [S]: token index of each key slot (-1 = empty)
 
 
 @dataclass
@@ -37,6 +40,14 @@ class ForwardContext:
     cache: KVCache | None
     tape: dict | None
     masks: dict = field(default_factory=dict)  # memo: (window, key indices) -> mask
+    on_record: Callable | None = None  # debugging hook (stop_at, on_record): called with (name, value)
+    attentions: list | None = None     # output_attentions: (probs, key_index) per layer
+    input_ids: np.ndarray | None = None  # [B, T] this call's tokens: in scope wherever ctx is, for a debugger
+
+    @property
+    def wants_probs(self) -> bool:
+        """Attention weights are computed only when someone looks at them."""
+        return self.attentions is not None or self.tape is not None or self.on_record is not None
 
 
 class TensorSpec(NamedTuple):
@@ -162,9 +173,11 @@ class DecoderModel:
         return self.weights.get(name)
 
     def record(self, ctx: ForwardContext, name: str, value) -> None:
-        # The tape: named intermediates as numpy arrays; a no-op when tape is off.
+        # The tape (named intermediates as numpy arrays) and the debugging hook; a no-op when both are off.
         if ctx.tape is not None:
             ctx.tape[name] = np.array(self.backend.to_numpy(value))
+        if ctx.on_record is not None:
+            ctx.on_record(name, value)
 
     def linear(self, x, prefix: str):
         return self.backend.linear(x, self.w(prefix + ".weight"), self.w(prefix + ".bias"))
@@ -196,6 +209,11 @@ class DecoderModel:
             keys, values, key_index = k, v, ctx.query_index
         mask = self.layer_mask(ctx, key_index, self.layer_window(cfg, i))                 # [B, T, S]
         self.record(ctx, f"layers.{i}.attn.mask", mask)
+        if ctx.wants_probs:                  # a separate op: the attention kernels never materialise them
+            probs = ops.attention_probs(q, keys, mask, HD ** -0.5)             # [B, H, T, S]
+            self.record(ctx, f"layers.{i}.attn.probs", probs)
+            if ctx.attentions is not None:
+                ctx.attentions.append((probs, key_index))
         out = ops.attention(q, keys, values, mask, HD ** -0.5)                 # [B, T, H, HD]
         out = out.reshape(B, T, H * HD)
         self.record(ctx, f"layers.{i}.attn.context", out)
@@ -240,9 +258,12 @@ class DecoderModel:
 
     def __call__(self, input_ids, attention_mask=None, cache: KVCache | None = None, position_ids=None,
                  output_hidden_states: bool = False, labels=None, tape: bool | dict = False,
+                 output_attentions: bool = False, stop_at: str | None = None, on_record=None,
                  logits_to_keep: int = 0) -> ModelOutput:
-        """logits_to_keep: compute the LM head for the last N positions only (0: all), like transformers;
-        a prompt's prefill needs only the last one."""
+        """One forward. output_attentions: per-layer softmax weights in out.attentions (docs/tape.md);
+        stop_at: open the debugger when that tape name is computed; on_record(name, value): called at
+        every tape name (docs/debugging.md); logits_to_keep: compute the LM head for the last N
+        positions only (0: all), like transformers: a prompt's prefill needs only the last one."""
         cfg, ops = self.config, self.backend
         if self.mapped_files:
             check_unchanged(self.mapped_files)
@@ -261,7 +282,9 @@ class DecoderModel:
             cos, sin = self.rotary.cos_sin(position_ids)
             cos, sin = ops.asarray(cos), ops.asarray(sin)
         ctx = ForwardContext(cos, sin, np.arange(past, past + T), mask_2d, cache,
-                             tape if isinstance(tape, dict) else ({} if tape else None))
+                             tape if isinstance(tape, dict) else ({} if tape else None),
+                             on_record=debug_hook(self, stop_at, on_record),
+                             attentions=[] if output_attentions else None, input_ids=ids)
 
         x = ops.embedding(ops.asarray(ids), self.w("model.embed_tokens.weight"))  # [B, T, D]
         self.record(ctx, "embed", x)
@@ -284,7 +307,12 @@ class DecoderModel:
         out = self._head(x, ids, ctx)
         loss = self._loss(out, labels) if labels is not None else None
         hidden = tuple(np.asarray(ops.to_numpy(h)) for h in hidden_states) if output_hidden_states else None
-        return ModelOutput(logits=out, hidden_states=hidden, loss=loss, tape=ctx.tape)
+        attentions = positions = None
+        if output_attentions:
+            attentions = tuple(np.asarray(ops.to_numpy(p), dtype=np.float32) for p, _ in ctx.attentions)
+            positions = tuple(np.array(index) for _, index in ctx.attentions)
+        return ModelOutput(logits=out, hidden_states=hidden, loss=loss, tape=ctx.tape, attentions=attentions,
+                           attention_key_positions=positions)
 
     def _head(self, x, ids: np.ndarray, ctx: ForwardContext) -> np.ndarray:
         cfg, ops = self.config, self.backend

@@ -17,11 +17,11 @@ from .numba_math import FASTMATH, as_float32, exp_f32
 SERIAL_MAX_WORK = 1 << 14    # B*T*H*S*HD multiply-adds below which threads do not pay
 
 
-@njit(error_model="numpy", fastmath=FASTMATH, cache=True)
-def attention_row(q, k, v, b, kv, mask, scale, out):
-    """q [HD], k/v [B, S, KV, HD] (float32 or bf16 bits) read at batch b and kv head kv, mask [S] -> out [HD]."""
+@njit(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
+def masked_scores(q, k, b, kv, mask, scale, scores):
+    """q [HD], k [B, S, KV, HD] at batch b and kv head kv, mask [S] -> scores [S] = q . k_s * scale on
+    visible keys, -inf on masked ones; returns the row max (-inf when nothing is visible)."""
     S, HD = k.shape[1], k.shape[3]
-    scores = np.full(S, -np.inf, dtype=np.float32)      # masked keys keep -inf
     row_max = np.float32(-np.inf)
     for s in range(S):                                   # scores of the visible keys only
         if mask[s]:
@@ -30,6 +30,17 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
                 acc += q[d] * as_float32(k[b, s, kv, d])
             scores[s] = acc * scale
             row_max = max(row_max, scores[s])
+        else:
+            scores[s] = -np.inf                          # masked keys cost nothing
+    return row_max
+
+
+@njit(error_model="numpy", fastmath=FASTMATH, cache=True)
+def attention_row(q, k, v, b, kv, mask, scale, out):
+    """q [HD], k/v [B, S, KV, HD] read at batch b and kv head kv, mask [S] -> out [HD]."""
+    S, HD = k.shape[1], k.shape[3]
+    scores = np.empty(S, dtype=np.float32)
+    row_max = masked_scores(q, k, b, kv, mask, scale, scores)
     if row_max == -np.inf:                               # no visible key: zeros
         out[:] = 0.0
         return
@@ -44,6 +55,21 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
                 weighted[d] += scores[s] * as_float32(v[b, s, kv, d])
     for d in range(HD):
         out[d] = weighted[d] / denom
+
+
+@njit(error_model="numpy", fastmath=FASTMATH, cache=True)
+def probs_row(q, k, b, kv, mask, scale, out):
+    """The softmax weights of one query row: q [HD], k [B, S, KV, HD], mask [S] -> out [S]."""
+    row_max = masked_scores(q, k, b, kv, mask, scale, out)    # scores straight into out
+    if row_max == -np.inf:                               # no visible key: all zeros
+        out[:] = 0.0
+        return
+    denom = np.float32(0.0)
+    for s in range(out.size):
+        out[s] = exp_f32(out[s] - row_max)               # exp(-inf) = 0 on masked keys
+        denom += out[s]
+    for s in range(out.size):
+        out[s] = out[s] / denom
 
 
 @njit(error_model="numpy", parallel=True, cache=True)
@@ -89,4 +115,25 @@ def attention(q, k, v, mask, scale):
         attention_rows_serial(*args)
     else:
         attention_rows(*args)
+    return out
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def probs_rows(q, k, mask, scale, out):
+    """q [B, T, H, HD], k [B, S, KV, HD], mask [B, T, S] -> out [B, H, T, S], rows over threads."""
+    B, T, H, _ = q.shape
+    n_rep = H // k.shape[2]
+    for row in prange(B * T * H):
+        b, t, h = row // (T * H), (row // H) % T, row % H
+        probs_row(q[b, t, h], k, b, h // n_rep, mask[b, t], scale, out[b, h, t])
+
+
+def attention_probs(q, k, mask, scale):
+    """Same signature as attention.attention_probs: -> [B, H, T, S] float32.
+    Only called when someone asks for the weights (output_attentions, the tape): no serial variant."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    k = _stored(k)
+    B, T, H, _ = q.shape
+    out = np.empty((B, H, T, k.shape[1]), dtype=np.float32)
+    probs_rows(q, k, np.ascontiguousarray(mask, dtype=np.bool_), np.float32(scale), out)
     return out

@@ -78,6 +78,7 @@ def numba_backend(num_threads: int | None = None):
         layer_norm=numba_norm.layer_norm,
         apply_rope=numba_rope.apply_rope,
         attention=numba_attention.attention,
+        attention_probs=numba_attention.attention_probs,
         swiglu=numba_mlp.swiglu,
         linear=linear,
         embedding=embedding,

@@ -4,9 +4,17 @@ LLVM vectorises loops that use these. Numba has no SVML here, so np.exp in a
 loop is one libm call per element, ~10x slower than exp_f32 below. Kernels
 use error_model="numpy": a float division by zero gives inf/nan as in NumPy,
 instead of a ZeroDivisionError check that would also stop vectorisation.
+
+Stepping through a kernel: with NUMBA_DISABLE_JIT=1 every @njit function runs as
+plain Python (pdb, VS Code breakpoints), but an @intrinsic or an @overload
+exists only inside compiled code. Each of them therefore has a NumPy twin,
+chosen by `python_when_jit_disabled`; new kernel files (numba_quant.py) use
+the same decorator for theirs. tests/test_numba_jit_disabled.py runs every
+kernel both ways (docs/debugging.md).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -16,6 +24,23 @@ from numba.extending import intrinsic, overload
 FASTMATH = {"reassoc", "contract", "nsz"}
 
 
+def python_when_jit_disabled(python_version):
+    """Decorator for an @intrinsic or an @overload stub: under NUMBA_DISABLE_JIT=1 the name is bound to
+    `python_version` (same values, in NumPy), so kernels that call it still run as Python."""
+    def choose(compiled):
+        return python_version if numba.config.DISABLE_JIT else compiled
+    return choose
+
+
+def _bf16_bits_to_float32_python(bits):
+    return (np.uint32(bits) << np.uint32(16)).view(np.float32)
+
+
+def _int32_bits_to_float32_python(bits):
+    return np.int32(bits).view(np.float32)
+
+
+@python_when_jit_disabled(_bf16_bits_to_float32_python)
 @intrinsic
 def bf16_bits_to_float32(typingctx, bits):
     """uint16 bf16 bits -> float32: the bits become the upper half of a float32."""
@@ -25,6 +50,11 @@ def bf16_bits_to_float32(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
+def _as_float32_python(value):
+    return _bf16_bits_to_float32_python(value) if np.asarray(value).dtype == np.uint16 else np.float32(value)
+
+
+@python_when_jit_disabled(_as_float32_python)
 def as_float32(value):
     """One stored number as float32: float32 itself, or bfloat16 bits (uint16) widened. Kernels read
     weights and KV-cache entries through it, so one compiled kernel per storage type."""
@@ -37,6 +67,7 @@ def _as_float32(value):
     return lambda value: np.float32(value)
 
 
+@python_when_jit_disabled(_int32_bits_to_float32_python)
 @intrinsic
 def int32_bits_to_float32(typingctx, bits):
     """Reinterpret the 32 bits of an int32 as a float32."""

@@ -36,6 +36,7 @@ def numpy_backend():
         layer_norm=norm.layer_norm,
         apply_rope=rope.apply_rope,
         attention=attention.attention,
+        attention_probs=attention.attention_probs,
         swiglu=mlp.swiglu,
         linear=linear.linear,
         embedding=linear.embedding,
