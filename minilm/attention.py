@@ -97,7 +97,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--head", type=int, default=None, help="one head (default: every head)")
     parser.add_argument("--top", type=int, default=3, help="keys listed per query in the text output")
     parser.add_argument("--png", default=None, metavar="PATH", help="also draw the weights into a PNG file")
-    parser.add_argument("--backend", default="numba", choices=["numpy", "numba", "cuda", "cuda-emulated"])
+    parser.add_argument("--backend", default="numba", choices=["numpy", "numba", "cuda", "cuda-emulated"],
+                        help="minilm backend (the cuda ones need the [cuda] extra)")
 
 
 def main(args) -> int:

@@ -6,6 +6,8 @@ ever calls `backend.<op>(...)`.
 """
 from __future__ import annotations
 
+from .extras import require_extra
+
 BACKENDS = ("numpy", "numba", "cuda", "cuda-emulated")
 
 
@@ -19,6 +21,7 @@ def get_backend(name: str, **options):
         from .ops.numba_backend import numba_backend
         return numba_backend(**options)
     if name in ("cuda", "cuda-emulated"):
+        require_extra("cupy", "cuda", f"backend={name!r}")   # the emulator also takes its headers from CuPy
         from .cuda.backend import make_cuda_backend
         return make_cuda_backend(emulated=(name == "cuda-emulated"), **options)
     raise ValueError(f"unknown backend={name!r} (choose one of: {', '.join(BACKENDS)})")

@@ -1,6 +1,7 @@
 """The `minilm` command: generate, chat, convert, perplexity, bench, parity, masks.
 
 Bad input prints one line `minilm: error: ...` and exits with status 2; no tracebacks.
+A command whose optional dependencies are missing names the pip extra to install.
 """
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
-from . import attention, bench, masks, parity, testing
+from . import __version__, attention, bench, masks, parity, testing
+from .chat import (ChatSession, check_settings, effective_settings, format_settings, prompt_ids, run_chat,
+                   stream_reply)
+from .extras import require_extra
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
+SETTING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 
 
 class CLIError(Exception):
@@ -70,15 +74,24 @@ def _unwritable(stream) -> bool:
 _replace_closed_streams()   # at import, before a default argument (stream_reply's `out`) captures None
 
 
+def require_backend_extra(args) -> None:
+    """Refuse a CUDA backend without CuPy before any model is resolved or converted."""
+    if getattr(args, "backend", None) in ("cuda", "cuda-emulated"):
+        require_extra("cupy", "cuda", f"minilm {args.command} --backend {args.backend}")
+
+
 def load_tokenizer(args):
     from .tokenizer import Tokenizer
+    require_backend_extra(args)          # the first step of every model command: fail before converting anything
     args.model_dir = resolve_model_dir(args.model)
     return Tokenizer.from_pretrained(args.model_dir)
 
 
 def load_model(args):
     import minilm
-    return minilm.load(args.model_dir, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"))
+    options = {"num_threads": args.threads} if getattr(args, "threads", None) else {}
+    return minilm.load(args.model_dir, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"),
+                       **options)
 
 
 def check_prompt_fits(ids: np.ndarray, args) -> None:
@@ -89,53 +102,36 @@ def check_prompt_fits(ids: np.ndarray, args) -> None:
         raise CLIError(f"the prompt has {ids.shape[1]} tokens; max_position_embeddings={max_pos} leaves no room")
 
 
-def sampling_kwargs(args) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed)
+def option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def check_sampling_args(args) -> None:
-    if args.max_new_tokens <= 0:
-        raise CLIError(f"--max-new-tokens={args.max_new_tokens} must be a positive integer")
-    if args.temperature < 0:
-        raise CLIError(f"--temperature={args.temperature} must be >= 0 (0 = greedy)")
-    if not 0 < args.top_p <= 1:
-        raise CLIError(f"--top-p={args.top_p} must be in (0, 1]")
-    if args.top_k < 0:
-        raise CLIError(f"--top-k={args.top_k} must be >= 0")
+    """The options given on the command line, before anything is loaded."""
+    check_settings({key: getattr(args, key) for key in SETTING_OPTIONS}, spell=option_name)
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads <= 0:
+        raise CLIError(f"--threads={threads} must be a positive integer")
+    if threads is not None and args.backend != "numba":
+        raise CLIError(f"--threads applies to the numba backend, not --backend {args.backend}")
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> np.ndarray:
-    if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    else:  # a base model without a template: plain text continuation
-        ids = tokenizer.encode("\n".join(m["content"] for m in messages))
-    return np.asarray([ids], dtype=np.int64)
+def sampling_settings(args) -> dict:
+    """The command line > the checkpoint's generation_config.json > minilm's defaults; shown on --verbose."""
+    from .loading import load_generation_config
+    settings, sources = effective_settings({key: getattr(args, key) for key in SETTING_OPTIONS},
+                                           load_generation_config(args.model_dir))
+    # A bad value can only come from generation_config.json here: name it as the file does.
+    check_settings(settings, spell=lambda key: option_name(key) if sources[key] == "command line" else key)
+    if args.verbose:
+        print(f"[model {args.model_dir}; backend {args.backend}, weights {args.weight_dtype}"
+              f"{f', {args.threads} threads' if args.threads else ''}]", file=sys.stderr)
+        print(f"[settings: {format_settings(settings, sources)}]", file=sys.stderr)
+    return settings
 
 
-def stream_reply(model, tokenizer, ids: np.ndarray, args, out=sys.stdout) -> str:
-    """Print the reply as it is generated; return its text. Speed goes to stderr.
-
-    Tokens/s counts from the first piece on, so prefill (and Numba's one-time compilation
-    on a first run) shows separately as the time to the first token.
-    """
-    from .generate import stream_text
-    pieces, start, first = [], time.perf_counter(), None
-    for piece in stream_text(model, tokenizer, ids, **sampling_kwargs(args)):
-        first = first or time.perf_counter()
-        pieces.append(piece)
-        out.write(piece)
-        out.flush()
-    end = time.perf_counter()
-    out.write("\n")
-    text = "".join(pieces)
-    n_tokens = len(tokenizer.encode(text, add_special_tokens=False)) if text else 0
-    first = first or end
-    rate = (n_tokens - 1) / (end - first) if n_tokens > 1 and end > first else float("nan")
-    sys.stderr.write(f"[{n_tokens} tokens; first after {first - start:.2f} s, then {rate:.1f} tokens/s; "
-                     f"backend {args.backend}]\n")
-    return text
+def system_messages(args) -> list[dict]:
+    return [{"role": "system", "content": args.system}] if args.system else []
 
 
 # --- subcommands -------------------------------------------------------------
@@ -145,41 +141,40 @@ def cmd_generate(args) -> int:
     if not args.prompt.strip():
         raise CLIError("the prompt is empty")
     tokenizer = load_tokenizer(args)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
-        [{"role": "user", "content": args.prompt}]
-    ids = prompt_ids(tokenizer, messages)
+    settings = sampling_settings(args)
+    ids = prompt_ids(tokenizer, system_messages(args) + [{"role": "user", "content": args.prompt}])
     check_prompt_fits(ids, args)
-    stream_reply(load_model(args), tokenizer, ids, args)
+    stream_reply(load_model(args), tokenizer, ids, settings, args.backend, threads=args.threads)
     return 0
 
 
 def cmd_chat(args) -> int:
     check_sampling_args(args)
     tokenizer = load_tokenizer(args)
-    model = load_model(args)
-    system = [{"role": "system", "content": args.system}] if args.system else []
-    history = list(system)
-    print("minilm chat: type a message; /reset clears the conversation; Ctrl-D exits.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        if line.strip() == "/reset":
-            history = list(system)
-            print("[conversation cleared]", file=sys.stderr)
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            reply = stream_reply(model, tokenizer, prompt_ids(tokenizer, history), args)
-        except ValueError as e:  # e.g. the conversation outgrew the context: say so, keep chatting
-            history.pop()
-            print(f"minilm: error: {e} (use /reset)", file=sys.stderr)
-            continue
-        history.append({"role": "assistant", "content": reply})
+    settings = sampling_settings(args)
+    session = ChatSession(load_model(args), tokenizer, settings, args.backend, system=args.system,
+                          threads=args.threads)
+    return run_chat(session)
+
+
+def cmd_parity(args) -> int:
+    require_extra(("torch", "transformers"), "parity", "minilm parity")
+    if args.backend in ("cuda", "cuda-emulated"):
+        require_extra("cupy", "cuda", f"minilm parity --backend {args.backend}")
+    return parity.main(args)
+
+
+def cmd_masks(args) -> int:
+    if args.png:
+        require_extra("matplotlib", "notebooks", "minilm masks --png")
+    return masks.main(args)
+
+
+def cmd_attention(args) -> int:
+    if args.png:
+        require_extra("matplotlib", "notebooks", "minilm attention --png")
+    require_backend_extra(args)
+    return attention.main(args)
 
 
 def cmd_convert(args) -> int:
@@ -236,55 +231,94 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help text already says it (or it is an on/off flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or isinstance(action.default, bool) or action.default in (None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def add_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                          allow_abbrev=False)
+
+
 def _add_model_args(p, sampling: bool = True) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint folder, hub id or .gguf file (default: SmolLM2-135M-Instruct, offline)")
-    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"])
-    p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"],
+                   help="numba (fast CPU), numpy (the reference to step through), cuda (a GPU) or cuda-emulated "
+                        "(the CUDA kernels run on the CPU); the cuda ones need the [cuda] extra")
+    p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="how weight matrices are stored (arithmetic is float32 either way)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the numba backend (default: all cores, or 1 on a decode step where "
+                        "that is faster because another process holds a core)")
     if sampling:
-        p.add_argument("--max-new-tokens", type=int, default=256)
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-        p.add_argument("--top-k", type=int, default=50)
-        p.add_argument("--top-p", type=float, default=1.0)
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--system", default=None, help="system prompt")
+        p.add_argument("--verbose", action="store_true",
+                       help="show the model folder and the effective settings, and where each comes from")
+        from_file = "from the model's generation_config.json, else"
+        p.add_argument("--max-new-tokens", type=int, default=None,
+                       help=f"longest reply in tokens (default: {from_file} 256)")
+        p.add_argument("--temperature", type=float, default=None,
+                       help=f"sampling temperature; 0 = greedy (default: {from_file} 0 = greedy)")
+        p.add_argument("--top-p", type=float, default=None,
+                       help=f"sample from the smallest set of tokens whose probability reaches P (default: "
+                            f"{from_file} 1.0 = off)")
+        p.add_argument("--top-k", type=int, default=None,
+                       help=f"sample from the K most likely tokens; 0 = off (default: {from_file} 50)")
+        p.add_argument("--min-p", type=float, default=None,
+                       help=f"drop tokens less likely than P x the most likely one (default: {from_file} off)")
+        p.add_argument("--repetition-penalty", type=float, default=None,
+                       help=f"divide the scores of tokens already in the text by this; 1 = off (default: "
+                            f"{from_file} 1.0)")
+        p.add_argument("--seed", type=int, default=None,
+                       help="random seed for sampling, for repeatable replies (default: a fresh seed each run)")
+        p.add_argument("--system", default=None, help="system prompt (default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minilm", description="A readable LLM inference engine.")
+    parser = argparse.ArgumentParser(prog="minilm", description="A readable LLM inference engine.",
+                                     formatter_class=HelpFormatter, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"minilm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="answer one prompt")
-    p.add_argument("prompt")
+    p = add_command(sub, "generate", "answer one prompt, streaming the reply")
+    p.add_argument("prompt", help="the user message (sent through the model's chat template)")
     _add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive multi-turn chat")
+    p = add_command(sub, "chat", "interactive multi-turn chat (/help inside for its commands)")
     _add_model_args(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("convert", help="convert a Llama-architecture GGUF into a checkpoint folder")
-    p.add_argument("gguf")
-    p.add_argument("out_dir")
+    p = add_command(sub, "convert", "convert a Llama-architecture GGUF into a checkpoint folder")
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out_dir", help="the checkpoint folder to write (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in out_dir")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("perplexity", help="perplexity of a text file")
-    p.add_argument("file")
-    p.add_argument("--context", type=int, default=512)
+    p = add_command(sub, "perplexity", "perplexity of a text file")
+    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("--context", type=int, default=512, help="tokens per chunk (non-overlapping chunks)")
     _add_model_args(p, sampling=False)
     p.set_defaults(func=cmd_perplexity)
 
-    for name, module, help_text in [("bench", bench, "speed against transformers"),
-                                    ("parity", parity, "layer-by-layer error against transformers"),
-                                    ("masks", masks, "draw attention masks"),
-                                    ("attention", attention, "draw the attention weights of a text, per head"),
-                                    ("random-checkpoint", testing, "write a random-weight checkpoint of a real "
-                                                                   "config, one tensor at a time")]:
-        p = sub.add_parser(name, help=help_text)
+    for name, module, func, help_text in [
+            ("bench", bench, bench.main, "speed of every backend side by side"),
+            ("parity", parity, cmd_parity, "layer-by-layer error against transformers (the [parity] extra)"),
+            ("masks", masks, cmd_masks, "draw attention masks (--png: the [notebooks] extra)"),
+            ("attention", attention, cmd_attention, "draw the attention weights of a text, per head "
+                                                    "(--png: the [notebooks] extra)"),
+            ("random-checkpoint", testing, testing.main, "write a random-weight checkpoint of a real config, "
+                                                         "one tensor at a time")]:
+        p = add_command(sub, name, help_text)
         module.add_arguments(p)
-        p.set_defaults(func=module.main)
+        p.set_defaults(func=func)
     return parser
 
 

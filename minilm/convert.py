@@ -5,7 +5,8 @@
 writes
 
     config.json              LlamaForCausalLM hyperparameters from the GGUF metadata
-    generation_config.json   bos / eos / pad ids
+    generation_config.json   bos / eos / pad ids (+ the model card's sampling settings, for models listed
+                             in CARD_SAMPLING)
     model.safetensors        every tensor dequantized to float32, under its HF name
     tokenizer.json           byte-level BPE rebuilt from the GGUF vocab and merges
     tokenizer_config.json    special tokens and the chat template
@@ -58,7 +59,7 @@ from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-CONVERTER_VERSION = 2          # 2: the marker holds file sizes and digests and the GGUF's identity
+CONVERTER_VERSION = 3  # 2: the marker holds file sizes, digests and the GGUF identity; 3: generation_config.json carries the model card's sampling
 MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that gets renamed into place
 MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
@@ -108,7 +109,7 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
     try:
         with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
             _write_json(os.path.join(staging, "config.json"), config)
-            _write_json(os.path.join(staging, "generation_config.json"), generation_config(config))
+            _write_json(os.path.join(staging, "generation_config.json"), generation_config(config, gguf_path))
             write_tokenizer_files(tokenizer, metadata, staging)
             with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
                 write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
@@ -393,8 +394,17 @@ def llama_config(metadata: dict, tensor_names: list[str]) -> dict:
     return config
 
 
-def generation_config(config: dict) -> dict:
-    return {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
+# A GGUF carries no sampling settings; for the default model (by file name, before the quantization suffix)
+# they are the ones its model card samples with: HuggingFaceTB/SmolLM2-135M-Instruct's card calls
+# model.generate(..., temperature=0.2, top_p=0.9, do_sample=True).
+CARD_SAMPLING = {"SmolLM2-135M-Instruct": {"do_sample": True, "temperature": 0.2, "top_p": 0.9}}
+
+
+def generation_config(config: dict, gguf_path: str = "") -> dict:
+    """generation_config.json: bos / eos / pad ids, and the model card's sampling settings if known."""
+    ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
+    model_name = os.path.basename(gguf_path).split(".")[0]
+    return {**ids, **CARD_SAMPLING.get(model_name, {})}
 
 
 def _metadata_getter(metadata: dict, prefix: str):

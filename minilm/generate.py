@@ -51,18 +51,40 @@ class GenerationConfig:
             raise GenerationError(f"repetition_penalty={self.repetition_penalty!r} must be > 0")
 
 
+class _Default:
+    """The value of a `generate` argument the caller left out: see make_generation_config."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+# generation_config.json keys that set a default (transformers reads more; these are the ones minilm has).
+CHECKPOINT_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
+                       "repetition_penalty")
+
+
 def make_generation_config(model, eos_token_id=None, **kwargs) -> GenerationConfig:
-    """Fill eos/pad from the model config like transformers' generation_config."""
-    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
-    eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-    pad = model.config.pad_token_id
+    """Settings as transformers' generate fills them: an argument given (not DEFAULT) >
+    the checkpoint's generation_config.json (`model.generation_config`) > GenerationConfig's
+    defaults. eos/pad: the argument > generation_config.json > config.json (pad: else eos[0])."""
+    saved = getattr(model, "generation_config", None) or {}
+    settings = {k: saved[k] for k in CHECKPOINT_SETTINGS if saved.get(k) is not None}
+    settings.update({k: v for k, v in kwargs.items() if v is not DEFAULT})
+    if eos_token_id is None:
+        eos_token_id = saved.get("eos_token_id", model.config.eos_token_id)
+    eos = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else \
+        (() if eos_token_id is None else (int(eos_token_id),))
+    pad = saved.get("pad_token_id")
+    if pad is None:
+        pad = model.config.pad_token_id
     if pad is None:
         pad = eos[0] if eos else 0
-    stop = kwargs.pop("stop_strings", None) or ()
+    stop = settings.pop("stop_strings", None) or ()
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    if kwargs.get("do_sample") and kwargs.get("temperature") == 0:
-        kwargs["do_sample"] = False  # temperature 0 means greedy
-    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=int(pad), stop_strings=stop, **kwargs)
+    if settings.get("do_sample") and settings.get("temperature") == 0:
+        settings["do_sample"] = False  # temperature 0 means greedy
+    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=int(pad), stop_strings=stop, **settings)
     cfg.validate()
     return cfg
 
@@ -248,12 +270,17 @@ def _hit_stop_string(tokenizer, generated: np.ndarray, stop_strings: Sequence[st
     return np.array([any(s in tail for s in stop_strings) for tail in tails])
 
 
-def generate(model, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = 50, top_p: float = 1.0, min_p: float | None = None,
-             repetition_penalty: float = 1.0, eos_token_id=None, attention_mask=None, seed: int | None = None,
-             stop_strings=None, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
-             on_prefill_progress=None, threads: int | None = None) -> np.ndarray:
-    """Token ids [B, T + new], like transformers' generate (rows padded once finished)."""
+def generate(model, input_ids, max_new_tokens: int = DEFAULT, do_sample: bool = DEFAULT,
+             temperature: float = DEFAULT, top_k: int | None = DEFAULT, top_p: float = DEFAULT,
+             min_p: float | None = DEFAULT, repetition_penalty: float = DEFAULT, eos_token_id=None,
+             attention_mask=None, seed: int | None = None, stop_strings=None, tokenizer=None,
+             prefill_chunk: int = PREFILL_CHUNK, on_prefill_progress=None, threads: int | None = None) -> np.ndarray:
+    """Token ids [B, T + new], like transformers' generate (rows padded once finished).
+
+    An argument left out comes from the checkpoint's generation_config.json (`model.generation_config`),
+    else from GenerationConfig (greedy, 20 new tokens, top_k 50, ...): pass do_sample=False for greedy
+    on a checkpoint whose generation_config.json samples.
+    """
     ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
     steps = list(generate_stream(model, ids, attention_mask=attention_mask, tokenizer=tokenizer,
                                  prefill_chunk=prefill_chunk, on_prefill_progress=on_prefill_progress,

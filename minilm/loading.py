@@ -7,6 +7,7 @@ the backend prepares it (or refuses its format by name).
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -98,13 +99,16 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     path = os.path.expanduser(str(path_or_repo_id))
     ops = get_backend(backend, **backend_options)
     if path.endswith(".gguf") and os.path.isfile(path):
+        generation_config = {}                                                  # a GGUF file carries none
         cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress)
     else:
         path = resolve_model_path(path)
+        generation_config = load_generation_config(path)       # read before the weights: a bad file fails fast
         cfg, weights, files = load_safetensors_weights(path, ops, weight_dtype, quantize, mode, mmap, progress,
                                                        quantize_options)
     model = FAMILIES[cfg.model_type](cfg, weights, ops)
     model.path = path
+    model.generation_config = generation_config
     model.cache_dtype = cache_dtype
     if mmap:
         model.mapped_files = {f: file_identity(f) for f in files}
@@ -172,3 +176,22 @@ def load_gguf_weights(path: str, ops, quantize, mode, progress):
     for notice, count in notices.items():
         warnings.warn(f"{path}: {count} tensors have no native kernel: {notice}", stacklevel=3)
     return cfg, weights, [path]
+
+
+def load_generation_config(folder: str) -> dict:
+    """The checkpoint's generation_config.json as a dict ({} when it has none).
+
+    Like transformers' `model.generation_config`: `generate` and the CLI take their sampling
+    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given.
+    """
+    path = os.path.join(folder, "generation_config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values

@@ -54,7 +54,7 @@ print(repr(prompt))
 print(len(ids), "prompt tokens")
 
 start = time.perf_counter()
-out = model.generate(np.array([ids]), max_new_tokens=16)
+out = model.generate(np.array([ids]), max_new_tokens=16, do_sample=False)   # greedy; else generation_config.json samples
 seconds = time.perf_counter() - start
 print(repr(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)))
 print(f"{out.shape[1] - len(ids)} tokens in {seconds:.1f} s on the NumPy reference backend")

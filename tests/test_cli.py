@@ -17,7 +17,7 @@ def run_cli(*args, stdin=None, env_extra=None):
 
 
 def test_generate_default_model_answers(smollm2_dir):
-    result = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "24")
+    result = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "24", "--seed", "0")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "tokens/s" in result.stderr
@@ -25,7 +25,7 @@ def test_generate_default_model_answers(smollm2_dir):
 
 def test_chat_multi_turn_reset_and_eof(smollm2_dir):
     turns = "What is the capital of France?\n/reset\nAnd what is 2+2?\n"
-    result = run_cli("chat", "--max-new-tokens", "16", stdin=turns)
+    result = run_cli("chat", "--max-new-tokens", "16", "--seed", "0", stdin=turns)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "[conversation cleared]" in result.stderr

@@ -12,7 +12,7 @@ ROOT = Path(minilm.__file__).resolve().parent
 
 # Lowest first. A module name matches an entry equal to it or starting with "entry.".
 LAYERS = [
-    ["minilm.errors"],
+    ["minilm.errors", "minilm.extras"],
     ["minilm.formats", "minilm.safetensors_file", "minilm.progress"],
     ["minilm.ops"],
     ["minilm.cuda"],
@@ -25,7 +25,7 @@ LAYERS = [
     ["minilm.resolve"],
     ["minilm.loading"],
     ["minilm", "minilm.testing", "minilm.evaluate"],
-    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.attention"],
+    ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.attention", "minilm.chat"],
     ["minilm.cli"],
 ]
 

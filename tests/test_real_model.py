@@ -50,7 +50,7 @@ def test_greedy_generation_token_identical(smollm2_numba, smollm2_hf, prompt):
     with torch.no_grad():
         expected = smollm2_hf.generate(torch.as_tensor(ids), max_new_tokens=48, do_sample=False,
                                        eos_token_id=None, pad_token_id=0).numpy()
-    got = model.generate(ids, max_new_tokens=48, eos_token_id=[])
+    got = model.generate(ids, max_new_tokens=48, do_sample=False, eos_token_id=[])   # its generation_config samples
     assert got.shape[1] == ids.shape[1] + 48
     np.testing.assert_array_equal(got, expected)
 
@@ -58,7 +58,7 @@ def test_greedy_generation_token_identical(smollm2_numba, smollm2_hf, prompt):
 def test_answer_is_real(smollm2_numba):
     model, tokenizer = smollm2_numba
     ids = chat_ids(tokenizer, CHAT_PROMPTS[0])
-    out = model.generate(ids, max_new_tokens=20)
+    out = model.generate(ids, max_new_tokens=20, seed=0)      # the model card's sampling (generation_config.json)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 

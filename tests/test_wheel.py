@@ -1,4 +1,6 @@
-"""A wheel of minilm works on its own: the CUDA kernel sources ship inside the package.
+"""A wheel of minilm works on its own: the CUDA kernel sources ship inside the package, and the
+base install (no extras: no torch, transformers, CuPy or matplotlib) generates, draws masks, and
+names the extra that each other command needs.
 
 Builds a wheel offline from a copy of this checkout, installs it into a fresh
 venv in a temporary folder, and from a working directory outside the checkout
@@ -81,12 +83,18 @@ def make_venv(tmp: Path, env: dict) -> Path:
     return venv / "bin" / "python"
 
 
+def build_wheel(tmp: Path, env: dict) -> Path:
+    """A wheel of a copy of this checkout, built offline."""
+    source = copy_checkout(tmp)
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", tmp / "dist", source], tmp, env)
+    [wheel] = (tmp / "dist").glob("minilm-*.whl")
+    return wheel
+
+
 def test_installed_wheel_runs_cuda_emulated_and_nvrtc_outside_the_checkout(tmp_path):
     env = clean_env(tmp_path)
-    source = copy_checkout(tmp_path)
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "-w", tmp_path / "dist", source], tmp_path, env)
-    [wheel] = (tmp_path / "dist").glob("minilm-*.whl")
+    wheel = build_wheel(tmp_path, env)
 
     python = make_venv(tmp_path, env)
     venv = python.parents[1]
@@ -125,3 +133,53 @@ def test_editable_install_finds_the_checkouts_kernels(tmp_path):
     found = run([python, "-c", "from minilm.cuda import registry; print(registry.module_file('rms_norm'))"],
                 tmp_path, env).strip()
     assert Path(found).resolve() == (source / "kernels" / "rms_norm.cu").resolve()   # through the link
+
+
+OPTIONAL = ("torch", "transformers", "accelerate", "cupy", "matplotlib", "jupyter", "pytest")
+FIND_OPTIONAL = f"import importlib.util as u; print([m for m in {OPTIONAL!r} if u.find_spec(m)])"
+EXTRA_HINTS = {  # command (after --model) -> the one line it must print
+    ("parity",): 'minilm: error: minilm parity needs the [parity] extra: pip install -e ".[parity]"',
+    ("masks", "--png", "m.png"): 'minilm: error: minilm masks --png needs the [notebooks] extra: '
+                                 'pip install -e ".[notebooks]"',
+    ("generate", "Hi", "--backend", "cuda-emulated"): 'minilm: error: minilm generate --backend cuda-emulated '
+                                                      'needs the [cuda] extra: pip install -e ".[cuda]"',
+}
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.mark.slow
+def test_base_install_without_extras_generates_and_names_the_missing_extras(tmp_path, smollm2_dir):
+    """A venv without system site-packages and the wheel with its declared dependencies only
+    (from the package index pip is configured with); then everything runs offline, from an empty HOME."""
+    env = clean_env(tmp_path)
+    wheel = build_wheel(tmp_path, env)
+    venv = tmp_path / "bare"
+    try:
+        run([sys.executable, "-m", "venv", venv], tmp_path, env)
+        python, minilm_command = venv / "bin" / "python", venv / "bin" / "minilm"
+        run([python, "-m", "pip", "install", "--quiet", "--only-binary", ":all:", wheel], tmp_path, env, timeout=900)
+        assert run([python, "-c", FIND_OPTIONAL], tmp_path, env).strip() == "[]"
+
+        home = tmp_path / "home"
+        home.mkdir()
+        offline = {**env, "HOME": str(home), "HF_HUB_OFFLINE": "1", "MINILM_CACHE": str(home / "cache")}
+        result = subprocess.run([minilm_command, "generate", "What is the capital of France?", "--model", smollm2_dir,
+                                 "--max-new-tokens", "24", "--seed", "0"], cwd=home, env=offline,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert "Paris" in result.stdout and "tokens/s" in result.stderr
+        pictures = run([minilm_command, "masks", "--model", smollm2_dir, "--length", "4"], home, offline)
+        assert "causal (full attention), RoPE" in pictures
+
+        for args, hint in EXTRA_HINTS.items():
+            result = subprocess.run([minilm_command, *args, "--model", smollm2_dir], cwd=home, env=offline,
+                                    capture_output=True, text=True, timeout=120)
+            assert (result.returncode, result.stderr.strip()) == (2, hint), result.stderr
+        size = disk_bytes(venv) / 2**20
+        print(f"base install venv: {size:.0f} MiB")
+        assert size < 600, f"the base install takes {size:.0f} MiB: did torch or CuPy come back?"
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)     # a few hundred MB: not kept among pytest's last three runs
