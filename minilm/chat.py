@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .progress import progress_bar
+
 # Used when neither the command line nor generation_config.json sets a value (temperature 0 = greedy).
 FALLBACK_SETTINGS = {"temperature": 0.0, "top_p": 1.0, "top_k": 50, "min_p": None, "repetition_penalty": 1.0,
                      "max_new_tokens": 256, "seed": None}
@@ -147,12 +149,16 @@ def stream_reply(model, tokenizer, ids: np.ndarray, settings: dict, backend: str
     Tokens/s counts from the first piece on, so prefill (and Numba's one-time compilation
     on a first run) shows separately as the time to the first token.
     """
-    from .generate import stream_text
+    from .generate import PREFILL_CHUNK, stream_text
     out = out or sys.stdout
     pieces, start, first, stopped = [], time.perf_counter(), None, False
+    prompt_bar = progress_bar(ids.shape[1], "reading the prompt", enabled=ids.shape[1] > PREFILL_CHUNK, unit="token")
     try:
-        for piece in stream_text(model, tokenizer, ids, threads=threads, **sampling_kwargs(settings)):
-            first = first or time.perf_counter()
+        for piece in stream_text(model, tokenizer, ids, threads=threads, **sampling_kwargs(settings),
+                                 on_prefill_progress=lambda done, total: prompt_bar.update(done - prompt_bar.n)):
+            if first is None:
+                prompt_bar.close()                      # the bar ends before the reply starts
+                first = time.perf_counter()
             pieces.append(piece)
             out.write(piece)
             out.flush()
@@ -160,6 +166,8 @@ def stream_reply(model, tokenizer, ids: np.ndarray, settings: dict, backend: str
         if not interruptible:
             raise
         stopped = True
+    finally:
+        prompt_bar.close()
     end = time.perf_counter()
     out.write("\n")
     out.flush()

@@ -19,6 +19,7 @@ from .extras import require_extra
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
+QUANTIZED_FORMATS = ["q8_0", "q4_0", "q4_1", "int8", "int4", "fp4", "nf4"]   # minilm.formats, by library
 SETTING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed")
 
 
@@ -83,15 +84,55 @@ def require_backend_extra(args) -> None:
 def load_tokenizer(args):
     from .tokenizer import Tokenizer
     require_backend_extra(args)          # the first step of every model command: fail before converting anything
-    args.model_dir = resolve_model_dir(args.model)
+    args.model_dir = resolve_model_dir(args.model)        # tokenizer, config.json, generation_config.json
+    args.gguf = gguf_to_run(args)
     return Tokenizer.from_pretrained(args.model_dir)
+
+
+def gguf_to_run(args) -> str | None:
+    """The .gguf whose blocks the model runs as stored (the default model's too), or None: a folder,
+    or --weight-dtype asking for the float copy converted from the GGUF."""
+    if args.weight_dtype is not None:
+        return None
+    if args.model is None:
+        from .default_model import default_gguf
+        return default_gguf()
+    path = os.path.expanduser(str(args.model))
+    return path if path.endswith(".gguf") else None
 
 
 def load_model(args):
     import minilm
     options = {"num_threads": args.threads} if getattr(args, "threads", None) else {}
-    return minilm.load(args.model_dir, backend=args.backend, weight_dtype=getattr(args, "weight_dtype", "float32"),
-                       **options)
+    model = minilm.load(args.gguf or args.model_dir, backend=args.backend, weight_dtype=args.weight_dtype or "float32",
+                        quantize=args.quantize, mode=arithmetic_mode(args), cache_dtype=args.cache_dtype, **options)
+    if getattr(args, "verbose", False):
+        print(f"[loaded: {weight_summary(model)}]", file=sys.stderr)
+    return model
+
+
+def weight_summary(model) -> str:
+    """'210 q4_1 fast, 1 q8_0 fast, 61 float32 arrays': the formats the loaded model really holds."""
+    counts = {}
+    for value in {id(v): v for v in model.weights.values()}.values():          # a tied head counts once
+        if not hasattr(value, "format"):
+            kind = f"{value.dtype} arrays"                                          # norms, biases
+        else:
+            kind = f"{value.format} {value.mode}" if value.format in QUANTIZED_FORMATS else f"{value.format} matrix"
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def arithmetic_mode(args) -> str:
+    """--mode, else exact for the default model (see --mode's help) and auto for any other."""
+    return args.mode or ("exact" if args.model is None else "auto")
+
+
+def describe_weights(args) -> str:
+    """What the weights are, for --verbose: 'q4_1 blocks of x.gguf, fast mode', 'float32', ..."""
+    stored = f"{os.path.basename(args.gguf)} as stored" if args.gguf else (args.weight_dtype or "float32")
+    quantized = f", linear layers quantized to {args.quantize}" if args.quantize else ""
+    return f"{stored}{quantized}, mode {arithmetic_mode(args)}, cache {args.cache_dtype}"
 
 
 def check_prompt_fits(ids: np.ndarray, args) -> None:
@@ -124,7 +165,7 @@ def sampling_settings(args) -> dict:
     # A bad value can only come from generation_config.json here: name it as the file does.
     check_settings(settings, spell=lambda key: option_name(key) if sources[key] == "command line" else key)
     if args.verbose:
-        print(f"[model {args.model_dir}; backend {args.backend}, weights {args.weight_dtype}"
+        print(f"[model {args.model_dir}; backend {args.backend}, weights {describe_weights(args)}"
               f"{f', {args.threads} threads' if args.threads else ''}]", file=sys.stderr)
         print(f"[settings: {format_settings(settings, sources)}]", file=sys.stderr)
     return settings
@@ -252,8 +293,19 @@ def _add_model_args(p, sampling: bool = True) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"],
                    help="numba (fast CPU), numpy (the reference to step through), cuda (a GPU) or cuda-emulated "
                         "(the CUDA kernels run on the CPU); the cuda ones need the [cuda] extra")
-    p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="how weight matrices are stored (arithmetic is float32 either way)")
+    p.add_argument("--weight-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="how weight matrices are stored; arithmetic is float32 either way (default: a .gguf's "
+                        "blocks as stored, the default model's too; float32 for a folder)")
+    p.add_argument("--quantize", default=None, choices=QUANTIZED_FORMATS,
+                   help="quantize the decoder's linear layers on load: GGUF q8_0/q4_0/q4_1, torchao int8/int4, "
+                        "bitsandbytes fp4/nf4 (docs/quantization.md; default: none)")
+    p.add_argument("--mode", default=None, choices=["auto", "exact", "fast"],
+                   help="quantized arithmetic: exact (decoded weights, float32 products: transformers' answers), "
+                        "fast (activations in 8 bits, integer dot products: llama.cpp's answers) or auto (fast "
+                        "where the backend has it). Default: auto, but exact for the default model, whose 135M "
+                        "weights answer visibly worse with 8-bit activations (llama.cpp's answers are as bad)")
+    p.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="KV cache storage; bfloat16 halves its memory (numpy and numba backends)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of the numba backend (default: all cores, or 1 on a decode step where "
                         "that is faster because another process holds a core)")

