@@ -82,6 +82,8 @@ def make_generation_config(model, eos_token_id=None, **kwargs) -> GenerationConf
         pad = eos[0] if eos else 0
     stop = settings.pop("stop_strings", None) or ()
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if not all(isinstance(s, str) and s for s in stop):     # "" would stop at the first token
+        raise GenerationError(f"stop_strings={stop!r} must be non-empty strings")
     if settings.get("do_sample") and settings.get("temperature") == 0:
         settings["do_sample"] = False  # temperature 0 means greedy
     cfg = GenerationConfig(eos_token_id=eos, pad_token_id=int(pad), stop_strings=stop, **settings)
@@ -186,6 +188,16 @@ def prefill(model, ids, mask, positions, cache, chunk: int = PREFILL_CHUNK, on_p
     return logits
 
 
+def token_ids(values, what: str) -> np.ndarray:
+    """[B, T] int64 token ids; floats (1.5 would silently become token 1) and >2-D arrays are refused."""
+    ids = np.atleast_2d(np.asarray(values))
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise GenerationError(f"{what} must hold integer token ids, not {ids.dtype}")
+    if ids.ndim != 2:
+        raise GenerationError(f"{what} has shape {ids.shape}; expected [batch, tokens]")
+    return ids.astype(np.int64)
+
+
 def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefill_chunk: int = PREFILL_CHUNK,
                     on_prefill_progress=None, threads: int | None = None, **kwargs) -> Iterator[np.ndarray]:
     """Yield the next token of every row, [B] int64, one step at a time (finished rows yield pad).
@@ -195,7 +207,7 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefi
     kernels; None adapts it per step to what the machine gives (ThreadTuner).
     """
     cfg = make_generation_config(model, **kwargs)
-    ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
+    ids = token_ids(input_ids, "input_ids")
     B, T = ids.shape
     if T == 0:
         raise GenerationError("the prompt is empty: input_ids has no tokens")
@@ -281,7 +293,7 @@ def generate(model, input_ids, max_new_tokens: int = DEFAULT, do_sample: bool = 
     else from GenerationConfig (greedy, 20 new tokens, top_k 50, ...): pass do_sample=False for greedy
     on a checkpoint whose generation_config.json samples.
     """
-    ids = np.atleast_2d(np.asarray(input_ids)).astype(np.int64)
+    ids = token_ids(input_ids, "input_ids")
     steps = list(generate_stream(model, ids, attention_mask=attention_mask, tokenizer=tokenizer,
                                  prefill_chunk=prefill_chunk, on_prefill_progress=on_prefill_progress,
                                  threads=threads,

@@ -128,6 +128,19 @@ def test_prompt_too_long_and_empty(tiny_model):
         model.generate(np.zeros((1, 0), dtype=np.int64))
 
 
+def test_float_ids_and_empty_stop_strings_are_refused(tiny_model):
+    _, folder = tiny_model("llama")
+    model = minilm.load(folder, progress=False, backend="numpy")
+    with pytest.raises(GenerationError, match=r"input_ids must hold integer token ids, not float64"):
+        model.generate(np.array([[1.5, 2.0]]))                 # would silently run as tokens 1 and 2
+    with pytest.raises(GenerationError, match=r"shape \(1, 2, 2\)"):
+        model.generate(np.ones((1, 2, 2), dtype=np.int64))
+    for stop in ([""], [3], ["ok", None]):
+        with pytest.raises(GenerationError, match=r"stop_strings=.* must be non-empty strings"):
+            model.generate(random_ids(1, 4), stop_strings=stop, tokenizer=object())
+    assert model.generate(random_ids(1, 4).astype(np.int32), max_new_tokens=2).shape == (1, 6)   # any int dtype
+
+
 def byte_tokenizer(folder):
     """A 256-token byte-level tokenizer (token id == byte), saved beside a tiny model.
 
