@@ -80,12 +80,24 @@ def unique_arrays(arrays) -> list:
     return out
 
 
+def stored_format(model_dir: str) -> str:
+    """The format the checkpoint stores its embedding in ("float32", "bfloat16", ...)."""
+    from ..loading import STORED_FORMAT
+    from ..weights import read_checkpoint
+    tensors = read_checkpoint(model_dir)
+    embedding = next((t for name, t in tensors.items() if name.endswith("embed_tokens.weight")), None)
+    return STORED_FORMAT.get(embedding.dtype, "float32") if embedding else "float32"
+
+
 class MinilmEngine:
     def __init__(self, spec: Spec, model_dir: str, gguf: str | None):
         import minilm
         from ..formats import Weight
         source = gguf if spec.source == "gguf" else model_dir
-        self.model = minilm.load(source, backend=spec.backend, weight_dtype=spec.weight_dtype,
+        weight_dtype = spec.weight_dtype
+        if spec.quantize and stored_format(model_dir) == "bfloat16":
+            weight_dtype = "bfloat16"            # the layers kept unquantized stay bf16, as torchao and bnb keep them
+        self.model = minilm.load(source, backend=spec.backend, weight_dtype=weight_dtype,
                                  quantize=spec.quantize, mode=spec.mode, progress=False)
         weights = self.model.weights.values()
         self.weight_arrays = unique_arrays(a for w in weights for a in (w.arrays.values() if isinstance(w, Weight)
