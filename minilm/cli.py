@@ -6,6 +6,7 @@ A command whose optional dependencies are missing names the pip extra to install
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -85,9 +86,24 @@ def require_backend_extra(args) -> None:
 def load_tokenizer(args):
     from .tokenizer import Tokenizer
     require_backend_extra(args)          # the first step of every model command: fail before converting anything
-    args.model_dir = resolve_model_dir(args.model)        # tokenizer, config.json, generation_config.json
     args.gguf = gguf_to_run(args)
+    # tokenizer, config.json, generation_config.json (for a .gguf run as stored, without a float32 copy)
+    args.model_dir = resolve_model_dir(args.model, weights=args.gguf is None)
+    if args.gguf and not os.path.exists(os.path.join(args.model_dir, "tokenizer.json")):
+        raise CLIError(gguf_without_tokenizer(args.model_dir, args.gguf))
     return Tokenizer.from_pretrained(args.model_dir)
+
+
+def gguf_without_tokenizer(side_folder: str, gguf: str) -> str:
+    """Why a GGUF's side folder has no tokenizer (recorded by convert_gguf), as one line."""
+    from .convert import MARKER_FILE
+    try:
+        with open(os.path.join(side_folder, MARKER_FILE), encoding="utf-8") as f:
+            reason = json.load(f).get("no_tokenizer")
+    except (OSError, ValueError):
+        reason = None
+    reason = (reason or "none in the file").removeprefix(f"{gguf}: ")
+    return f"{gguf}: no tokenizer minilm can use ({reason}); minilm.load() still runs its blocks"
 
 
 def gguf_to_run(args) -> str | None:

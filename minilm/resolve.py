@@ -1,7 +1,7 @@
 """Where a model comes from: the rules every command and `minilm.load` share.
 
     None              the default model (SmolLM2-135M-Instruct, offline, converted once)
-    path/to/x.gguf    a GGUF file (converted once into the cache)
+    path/to/x.gguf    a GGUF file (converted once into the cache; weights=False: config and tokenizer only)
     path/to/folder    a Hugging Face checkpoint folder
     org/name          a hub id, resolved through huggingface_hub's cache (offline once cached)
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 
 
-def resolve_model_dir(model: str | None) -> str:
-    """A checkpoint folder for `model` (see the module docstring); FileNotFoundError if there is none."""
+def resolve_model_dir(model: str | None, weights: bool = True) -> str:
+    """A checkpoint folder for `model` (see the module docstring); FileNotFoundError if there is none.
+
+    weights=False: for a .gguf, its side folder only (config, generation config, tokenizer), for
+    callers that run the GGUF's blocks as stored.
+    """
     if model is None:
         from .default_model import default_model_dir
         return default_model_dir()
@@ -20,7 +24,7 @@ def resolve_model_dir(model: str | None) -> str:
         if not os.path.isfile(model):
             raise FileNotFoundError(f"model file {model!r} does not exist")
         from .default_model import converted_gguf_dir
-        return converted_gguf_dir(model)
+        return converted_gguf_dir(model, weights=weights)
     return resolve_model_path(model)
 
 

@@ -1,6 +1,7 @@
 """`minilm bench` runs end to end on tiny models and reports every column it promises; speed is
 never asserted (docs/benchmarks.md holds the measured results)."""
 import json
+import os
 
 import pytest
 
@@ -53,6 +54,16 @@ def test_unavailable_backends_are_named_not_nan(tiny, capsys, monkeypatch):
     assert set(report["unavailable"]) == {"llama.cpp", "numba-gguf"}
     text = bench.format_report(report)
     assert "not run: numba-gguf: no GGUF file" in text and "nan" not in text
+
+
+def test_a_gguf_alone_runs_as_stored_without_a_float32_copy(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path))
+    _, gguf = tiny
+    model_dir, found = bench.resolve_inputs(gguf, None)
+    assert found == gguf and not os.path.exists(os.path.join(model_dir, "model.safetensors"))   # config only
+    report = bench.run_bench(model_dir, found, ("numba-gguf", "numba"), bench.QUICK, log=lambda m: None)
+    assert [r["backend"] for r in report["results"]] == ["numba-gguf"]
+    assert "no safetensors checkpoint" in report["unavailable"]["numba"]
 
 
 def test_backend_names():

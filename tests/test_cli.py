@@ -92,6 +92,9 @@ def test_gguf_runs_as_stored_and_exact_mode_answers_as_the_float32_copy(smollm2_
     stored = capsys.readouterr()
     assert "Q4_1.gguf as stored, mode exact" in stored.err
     assert "[loaded: 210 q4_1 exact, " in stored.err and "1 q8_0 exact]" in stored.err  # the file's blocks
+    side_folder = stored.err.split("[model ", 1)[1].split(";", 1)[0]
+    assert sorted(os.listdir(side_folder)) == ["config.json", "generation_config.json", "minilm-conversion.json",
+                                               "tokenizer.json", "tokenizer_config.json"]   # no float32 copy
     assert main(ask + ["--weight-dtype", "float32", "--verbose"]) == 0        # the converted float32 folder
     copied = capsys.readouterr()
     assert "weights float32, mode exact" in copied.err
@@ -106,3 +109,12 @@ def test_quantize_mode_and_cache_dtype_reach_the_model(smollm2_dir, capsys):
     assert "weights float32, linear layers quantized to q8_0, mode fast, cache bfloat16" in err
     assert "[loaded: 210 q8_0 fast, " in err                  # SmolLM2's 30 layers x 7 matrices, really q8_0
     assert "8 tokens;" in err
+
+
+def test_a_gguf_without_a_usable_tokenizer_is_named(tmp_path, capsys, monkeypatch):
+    from minilm.testing import random_checkpoint, tiny_config
+    monkeypatch.setenv("MINILM_CACHE", str(tmp_path / "cache"))
+    gguf = random_checkpoint(tiny_config("llama"), tmp_path / "m", dtype="q8_0")   # placeholder 'llama' vocabulary
+    assert main(["generate", "hi", "--model", gguf]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no tokenizer minilm can use (unsupported tokenizer model 'llama'" in err[0], err

@@ -96,6 +96,13 @@ def compare(results: list[dict]) -> None:
                 r["max_logit_diff"] = float(np.abs(r["logits"] - reference["logits"]).max())
 
 
+def available_files(spec, model_dir: str, gguf: str | None) -> list[str]:
+    try:
+        return weight_files(spec, model_dir, gguf)
+    except Unavailable:
+        return []
+
+
 def machine() -> dict:
     cpu = "unknown CPU"
     try:
@@ -184,7 +191,8 @@ def add_arguments(parser) -> None:
 
 
 def resolve_inputs(model: str | None, gguf: str | None) -> tuple[str, str | None]:
-    """(checkpoint folder, GGUF file): a .gguf model gives both (converted once); the default model too."""
+    """(checkpoint folder, GGUF file): a .gguf model gives both (its folder holds config and tokenizer
+    only: backends that need a safetensors checkpoint say so); the default model gives both in full."""
     from ..resolve import resolve_model_dir
     if model is None and gguf is None:
         from ..default_model import find_default_gguf
@@ -194,6 +202,7 @@ def resolve_inputs(model: str | None, gguf: str | None) -> tuple[str, str | None
             gguf = None
     if model is not None and model.endswith(".gguf"):
         gguf = gguf or model
+        return resolve_model_dir(model, weights=False), gguf     # the GGUF runs as stored: no float32 copy
     return resolve_model_dir(model), gguf
 
 
@@ -215,7 +224,7 @@ def main(args) -> int:
         print(format_long(report))
     elif args.profile:
         from .profile import format_profile, profile_decode
-        from .engines import make_engine, parse_spec
+        from .engines import make_engine
         from .measure import prompt_ids
         engine = make_engine(parse_spec(args.profile), model_dir, gguf)
         report = profile_decode(engine.model, prompt_ids(args.prompt_tokens, engine.vocab_size))
@@ -230,8 +239,8 @@ def main(args) -> int:
         backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
         settings = QUICK if args.quick else Settings(args.prompt_tokens, args.new_tokens, args.prefill_tokens,
                                                      args.repeats)
-        from ..weights import checkpoint_files
-        size = sum(os.path.getsize(f) for f in checkpoint_files(model_dir))
+        files = {f for spec in map(parse_spec, backends) for f in available_files(spec, model_dir, gguf)}
+        size = max((os.path.getsize(f) for f in files), default=0)
         log(f"minilm bench: {len(backends)} backends, estimated {estimate_seconds(backends, size, settings) / 60:.0f}"
             f" min (a rough figure from the checkpoint's {size / 1e9:.2f} GB)")
         start = time.perf_counter()

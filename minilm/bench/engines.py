@@ -67,8 +67,12 @@ def weight_files(spec: Spec, model_dir: str, gguf: str | None) -> list[str]:
         if not gguf:
             raise Unavailable("no GGUF file (give one with --gguf)")
         return [gguf]
+    from ..errors import WeightsError
     from ..weights import checkpoint_files
-    return checkpoint_files(model_dir)
+    try:
+        return checkpoint_files(model_dir)
+    except WeightsError as e:
+        raise Unavailable(f"no safetensors checkpoint ({e}); a GGUF runs as numba-gguf and llama.cpp") from None
 
 
 def unique_arrays(arrays) -> list:
