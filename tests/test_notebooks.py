@@ -7,7 +7,7 @@ repository sees the plots. After editing a source:
 
     python notebooks/execute.py notebooks/NN_name.py
 
-Notebooks 01, 03 and 06 use the real default model (SmolLM2-135M-Instruct); the session
+Notebooks 01, 03, 06 and 07 use the real default model (SmolLM2-135M-Instruct); the session
 fixture converts it once.
 """
 import os
@@ -38,8 +38,14 @@ EXPECTED = {
     "04_llama_vs_cohere": ["cohere out = x + attn(n) + mlp(n):           True", "same greedy token: True"],
     "05_kernels": ["backends: ['numpy', 'numba'"],
     "06_parity": ["report ok: True", "first jump: Comparison(stage='prefill', name='layers.17.mlp.up'"],
+    "07_quantization": ["q4_1 round trip of SmolLM2's float32 weights is lossless: True",
+                        "GGUF byte j = element j (low nibble) | element j+16 (high nibble): True",
+                        "bitsandbytes byte i = element 2i (high nibble) | element 2i+1 (low nibble): True",
+                        "torchao byte i = element 2i (low nibble) | element 2i+1 (high nibble): True",
+                        "q4_1 decode: kernel == reference: True", "all 576 rows bit-identical: True",
+                        "load average (1, 5, 15 min):"],
 }
-USES_DEFAULT_MODEL = {"01_tour", "03_attention", "06_parity"}
+USES_DEFAULT_MODEL = {"01_tour", "03_attention", "06_parity", "07_quantization"}
 CELL_TIMEOUT = 240
 
 
