@@ -8,9 +8,9 @@ instead of a ZeroDivisionError check that would also stop vectorisation.
 Stepping through a kernel: with NUMBA_DISABLE_JIT=1 every @njit function runs as
 plain Python (pdb, VS Code breakpoints), but an @intrinsic or an @overload
 exists only inside compiled code. Each of them therefore has a NumPy twin,
-chosen by `python_when_jit_disabled`; new kernel files (numba_quant.py) use
-the same decorator for theirs. tests/test_numba_jit_disabled.py runs every
-kernel both ways (docs/debugging.md).
+chosen by `python_when_jit_disabled`; the quantized kernels' intrinsics and
+stubs (numba_simd.py, numba_quant_rows.py) use the same decorator for theirs.
+tests/test_numba_jit_disabled.py runs every kernel both ways (docs/debugging.md).
 """
 from __future__ import annotations
 

@@ -30,10 +30,10 @@ holds (measured 4.5-5.6x slower).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import overload
 
-from .numba_math import FASTMATH, bf16_bits_to_float32
+from .numba_math import FASTMATH, bf16_bits_to_float32, python_when_jit_disabled
 from .numba_simd import (HAS_AVX2, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16,
                          load_i8x32, lookup16, madd_ones, maddubs, nibbles, nibbles_high_first, nibbles_interleaved,
                          ones_i8x32, scale, scale_add, sign_i8x32, store_f32x8, sum_f32x8, widen_i8, widen_u8,
@@ -406,16 +406,6 @@ def pair_fma(u, v, xq, xds, n, b, d, acc):
     return fma_i32x8(acc, isum, d * xds[n, b, 0])
 
 
-def block_operands(w, o, b):
-    """Block b of weight row o as (u, v, d, m) (any fast format)."""
-
-
-@overload(block_operands, **CHOOSE)
-def _block_operands(w, o, b):
-    impl = {"ggml": block_operands_ggml, "int8": block_operands_int8, "int4": block_operands_int4}[family(w)]
-    return lambda w, o, b: impl(w, o, b)
-
-
 @njit(**JIT)
 def fast_dot4_avx2(w, o, xq, xds, n):
     """Weight row o times activation rows n .. n+3: 4 dot products."""
@@ -434,22 +424,22 @@ def fast_dot4_avx2(w, o, xq, xds, n):
     return sum_f32x8(a0) + m0, sum_f32x8(a1) + m1, sum_f32x8(a2) + m2, sum_f32x8(a3) + m3
 
 
-def fast_dot4(w, o, xq, xds, n, simd):
-    """Row o of W times activation rows n .. n+3 in llama.cpp's arithmetic."""
-
-
-@overload(fast_dot4, **CHOOSE)
-def _fast_dot4(w, o, xq, xds, n, simd):
-    if simd.dtype == types.uint8:
-        return lambda w, o, xq, xds, n, simd: fast_dot4_avx2(w, o, xq, xds, n)
-    return lambda w, o, xq, xds, n, simd: (fast_dot(w, o, xq, xds, n, simd), fast_dot(w, o, xq, xds, n + 1, simd),
-                                           fast_dot(w, o, xq, xds, n + 2, simd), fast_dot(w, o, xq, xds, n + 3, simd))
+@njit(**JIT)
+def fast_dot4_portable(w, o, xq, xds, n, simd):
+    """The same 4 dot products one row at a time (CPUs without AVX2)."""
+    return (fast_dot(w, o, xq, xds, n, simd), fast_dot(w, o, xq, xds, n + 1, simd),
+            fast_dot(w, o, xq, xds, n + 2, simd), fast_dot(w, o, xq, xds, n + 3, simd))
 
 
 # --- choosing by the weight arrays' types ---------------------------------------------------------
+#
+# Each function below is an @overload stub: compiled, its choose_* function picks the implementation
+# from the argument types (once per type signature) and the caller inlines it. As Python
+# (NUMBA_DISABLE_JIT=1) the same choose_* function picks it from the argument values, per call
+# (`as_python`): family() and avx2_marker() read dtypes and ranks, which types and arrays both have.
 
 def family(w) -> str:
-    """The format family of a Numba tuple type of weight arrays."""
+    """The format family of a tuple of weight arrays (Numba array types, or NumPy arrays)."""
     kinds = tuple((str(a.dtype), a.ndim) for a in w)
     families = {(("uint8", 3),): "ggml",
                 (("int8", 2), ("float32", 1)): "int8",
@@ -460,47 +450,97 @@ def family(w) -> str:
     return families[kinds]
 
 
+def avx2_marker(simd) -> bool:
+    """The fast kernels' marker array (numba_quant.SIMD): uint8 picks the AVX2 intrinsics, int8 plain loops."""
+    return str(simd.dtype) == "uint8"
+
+
+def as_python(choose):
+    """The Python twin of an overload stub: call what choose(*arguments) picks for these values."""
+    def run_chosen(*args):
+        return choose(*args)(*args)
+    return run_chosen
+
+
+def choose_in_features(w):
+    per_column = {"ggml": QK, "int8": 1}.get(family(w), 2)       # weights per entry of w[0]'s second axis
+    return lambda w: w[0].shape[1] * per_column
+
+
+@python_when_jit_disabled(as_python(choose_in_features))
 def in_features(w):
     """IN, the row length of the matrix stored in w."""
 
 
-@overload(in_features, **CHOOSE)
-def _in_features(w):
-    per_row = {"ggml": lambda w: w[0].shape[1] * QK, "int8": lambda w: w[0].shape[1]}
-    return per_row.get(family(w), lambda w: w[0].shape[1] * 2)
+overload(in_features, **CHOOSE)(choose_in_features)
 
 
-def exact_dot(w, o, x2, n):
-    """sum_i x2[n, i] * W[o, i] with W decoded in float32 (any format)."""
-
-
-@overload(exact_dot, **CHOOSE)
-def _exact_dot(w, o, x2, n):
+def choose_exact_dot(w, o, x2, n):
     impl = {"ggml": exact_dot_ggml, "int8": exact_dot_int8, "int4": exact_dot_int4,
             "bnb": exact_dot_bnb_avx2 if HAS_AVX2 else exact_dot_bnb}[family(w)]          # chosen when compiling
     return lambda w, o, x2, n: impl(w, o, x2, n)
 
 
-def decode_row(w, o, dst, r):
-    """dst[r, :IN] = W[o] (any format)."""
+@python_when_jit_disabled(as_python(choose_exact_dot))
+def exact_dot(w, o, x2, n):
+    """sum_i x2[n, i] * W[o, i] with W decoded in float32 (any format)."""
 
 
-@overload(decode_row, **CHOOSE)
-def _decode_row(w, o, dst, r):
+overload(exact_dot, **CHOOSE)(choose_exact_dot)
+
+
+def choose_decode_row(w, o, dst, r):
     impl = {"ggml": decode_row_ggml, "int8": decode_row_int8, "int4": decode_row_int4,
             "bnb": decode_row_bnb}[family(w)]
     return lambda w, o, dst, r: impl(w, o, dst, r)
 
 
+@python_when_jit_disabled(as_python(choose_decode_row))
+def decode_row(w, o, dst, r):
+    """dst[r, :IN] = W[o] (any format)."""
+
+
+overload(decode_row, **CHOOSE)(choose_decode_row)
+
+
+def choose_fast_dot(w, o, xq, xds, n, simd):
+    impls = {"ggml": (fast_dot_ggml_portable, fast_dot_ggml_avx2),
+             "int8": (fast_dot_int8_portable, fast_dot_int8_avx2),
+             "int4": (fast_dot_int4_portable, fast_dot_int4_avx2)}
+    impl = impls[family(w)][avx2_marker(simd)]                    # the marker's dtype: chosen when compiling
+    return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)
+
+
+@python_when_jit_disabled(as_python(choose_fast_dot))
 def fast_dot(w, o, xq, xds, n, simd):
     """Row o of W times activation row n in llama.cpp's integer arithmetic (ggml, int8, int4)."""
 
 
-@overload(fast_dot, **CHOOSE)
-def _fast_dot(w, o, xq, xds, n, simd):
-    avx2 = simd.dtype == types.uint8                              # the marker's dtype: chosen when compiling
-    impls = {"ggml": (fast_dot_ggml_portable, fast_dot_ggml_avx2),
-             "int8": (fast_dot_int8_portable, fast_dot_int8_avx2),
-             "int4": (fast_dot_int4_portable, fast_dot_int4_avx2)}
-    impl = impls[family(w)][avx2]
-    return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)
+overload(fast_dot, **CHOOSE)(choose_fast_dot)
+
+
+def choose_block_operands(w, o, b):
+    impl = {"ggml": block_operands_ggml, "int8": block_operands_int8, "int4": block_operands_int4}[family(w)]
+    return lambda w, o, b: impl(w, o, b)
+
+
+@python_when_jit_disabled(as_python(choose_block_operands))
+def block_operands(w, o, b):
+    """Block b of weight row o as (u, v, d, m) (any fast format)."""
+
+
+overload(block_operands, **CHOOSE)(choose_block_operands)
+
+
+def choose_fast_dot4(w, o, xq, xds, n, simd):
+    if avx2_marker(simd):
+        return lambda w, o, xq, xds, n, simd: fast_dot4_avx2(w, o, xq, xds, n)
+    return lambda w, o, xq, xds, n, simd: fast_dot4_portable(w, o, xq, xds, n, simd)
+
+
+@python_when_jit_disabled(as_python(choose_fast_dot4))
+def fast_dot4(w, o, xq, xds, n, simd):
+    """Row o of W times activation rows n .. n+3 in llama.cpp's arithmetic."""
+
+
+overload(fast_dot4, **CHOOSE)(choose_fast_dot4)

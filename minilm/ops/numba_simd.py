@@ -24,6 +24,14 @@ not check bounds: the caller owns that.
 fp16: with F16C, `half_to_float32` is one vcvtph2ps. Without it LLVM would call
 a runtime helper that Numba's JIT does not link (the process crashes), so CPUs
 without F16C get the same conversions written with integer operations.
+
+As Python (NUMBA_DISABLE_JIT=1, docs/debugging.md) an intrinsic cannot run, so
+each one has a NumPy twin (`python_when_jit_disabled`): a vector is then a
+NumPy array of its lanes (I8x32: int8 [32], F32x8: float32 [8], ...), and the
+kernels built from these intrinsics run line by line on any CPU, AVX2 ones
+included. A twin computes what the instruction computes (wrapping bytes,
+vpmaddubsw's saturation, one rounding per FMA up to float64's) and, unlike the
+compiled load, refuses to read past the end of the array's row.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, register_model
 
-from .numba_math import int32_bits_to_float32
+from .numba_math import int32_bits_to_float32, python_when_jit_disabled
 
 
 def target_features() -> dict:
@@ -102,8 +110,28 @@ def element_pointer(context, builder, array_type, array, index_type, index):
                                      wraparound=False, boundscheck=False)
 
 
+def row_bytes(array, index, nbytes):
+    """Python twins: the nbytes bytes of array from array[index] on, within its last axis (a copy)."""
+    row, start = array[tuple(index[:-1])], index[-1]
+    if not 0 <= start or (start + 1) * array.itemsize > row.nbytes or row.strides[0] != array.itemsize:
+        raise IndexError(f"vector load/store at {tuple(index)} outside the contiguous row of {array.shape}")
+    part = row[start:].view(np.uint8)[:nbytes]
+    if part.size < nbytes:
+        raise IndexError(f"vector load/store at {tuple(index)}: {nbytes} bytes run past the row of {array.shape}")
+    return part.copy()
+
+
+NUMPY_LANE = {"i8": np.int8, "i16": np.int16, "i32": np.int32, "f32": np.float32}
+
+
 def load_vector(vector_type):
     """An intrinsic loading vector_type from array[index] (unaligned: vmovdqu / vmovups)."""
+    lane = NUMPY_LANE[vector_type.element]
+
+    def load_python(array, index):
+        return row_bytes(array, index, vector_type.lanes * np.dtype(lane).itemsize).view(lane)
+
+    @python_when_jit_disabled(load_python)
     @intrinsic
     def load(typingctx, array, index):
         def codegen(context, builder, signature, args):
@@ -118,6 +146,12 @@ load_i8x32 = load_vector(I8x32)    # 32 bytes at array[index]
 load_f32x8 = load_vector(F32x8)    # 8 float32 at array[index]
 
 
+def _store_f32x8_python(array, index, value):
+    row_bytes(array, index, 32)                                   # the same bounds check
+    array[tuple(index[:-1])][index[-1]:index[-1] + 8] = value
+
+
+@python_when_jit_disabled(_store_f32x8_python)
 @intrinsic
 def store_f32x8(typingctx, array, index, value):
     """array[index : index+8] = value (float32 array, last axis contiguous)."""
@@ -128,6 +162,11 @@ def store_f32x8(typingctx, array, index, value):
     return types.none(array, index, value), codegen
 
 
+def _load_u16_python(array, index):
+    return row_bytes(array, index, 2).view("<u2")[0].astype(np.uint16)
+
+
+@python_when_jit_disabled(_load_u16_python)
 @intrinsic
 def load_u16(typingctx, array, index):
     """The little-endian uint16 at array[index] (a byte array: an fp16 inside a block)."""
@@ -139,6 +178,12 @@ def load_u16(typingctx, array, index):
 
 # --- byte vectors -----------------------------------------------------------------
 
+def _nibbles_python(packed):
+    u = packed.view(np.uint8)
+    return np.concatenate([u & 15, u >> 4]).view(np.int8)
+
+
+@python_when_jit_disabled(_nibbles_python)
 @intrinsic
 def nibbles(typingctx, packed):
     """16 bytes -> 32: [b & 15 for each b] + [b >> 4 for each b]  (GGUF's order: j, j+16).
@@ -151,6 +196,12 @@ def nibbles(typingctx, packed):
     return I8x32(I8x16), codegen
 
 
+def _nibbles_interleaved_python(packed):
+    u = packed.view(np.uint8)
+    return np.stack([u & 15, u >> 4], axis=1).reshape(32).view(np.int8)
+
+
+@python_when_jit_disabled(_nibbles_interleaved_python)
 @intrinsic
 def nibbles_interleaved(typingctx, packed):
     """16 bytes -> 32: [b0 & 15, b0 >> 4, b1 & 15, b1 >> 4, ...]  (torchao's order: 2i, 2i+1)."""
@@ -162,6 +213,11 @@ def nibbles_interleaved(typingctx, packed):
     return I8x32(I8x16), codegen
 
 
+def _ones_i8x32_python():
+    return np.ones(32, dtype=np.int8)
+
+
+@python_when_jit_disabled(_ones_i8x32_python)
 @intrinsic
 def ones_i8x32(typingctx):
     """32 bytes of 1: as the second operand of vpsignb it leaves the first unchanged."""
@@ -170,6 +226,11 @@ def ones_i8x32(typingctx):
     return I8x32(), codegen
 
 
+def _add_i8x32_python(v, c):
+    return (v.view(np.uint8) + np.uint8(int(c) & 0xFF)).view(np.int8)        # wraps like the bytes do
+
+
+@python_when_jit_disabled(_add_i8x32_python)
 @intrinsic
 def add_i8x32(typingctx, v, c):
     """v[j] + c (wrapping bytes; c an integer constant or variable). q4_0: n - 8."""
@@ -178,6 +239,11 @@ def add_i8x32(typingctx, v, c):
     return I8x32(I8x32, c), codegen
 
 
+def _xor_i8x32_python(v, c):
+    return (v.view(np.uint8) ^ np.uint8(int(c) & 0xFF)).view(np.int8)
+
+
+@python_when_jit_disabled(_xor_i8x32_python)
 @intrinsic
 def xor_i8x32(typingctx, v, c):
     """v[j] ^ c. int4: a signed nibble s (q & 15) becomes q + 8 = s ^ 8."""
@@ -186,6 +252,12 @@ def xor_i8x32(typingctx, v, c):
     return I8x32(I8x32, c), codegen
 
 
+def _nibbles_high_first_python(array, index):
+    u = row_bytes(array, index, 4).astype(np.int32)
+    return np.stack([u >> 4, u & 15], axis=1).reshape(8)
+
+
+@python_when_jit_disabled(_nibbles_high_first_python)
 @intrinsic
 def nibbles_high_first(typingctx, array, index):
     """The 4 bytes at array[index] as 8 codes, int32 lanes, HIGH nibble first (bitsandbytes' order):
@@ -201,6 +273,11 @@ def nibbles_high_first(typingctx, array, index):
 
 # --- the AVX2 integer dot product (llama.cpp's sequence) ----------------------------
 
+def _sign_i8x32_python(a, b):
+    return np.where(b < 0, -a, np.where(b == 0, np.int8(0), a)).astype(np.int8)    # -(-128) wraps to -128
+
+
+@python_when_jit_disabled(_sign_i8x32_python)
 @intrinsic
 def sign_i8x32(typingctx, a, b):
     """vpsignb: a[j] * sign(b[j]) (0 where b[j] == 0). sign(x, x) = |x| makes a signed
@@ -210,6 +287,12 @@ def sign_i8x32(typingctx, a, b):
     return I8x32(I8x32, I8x32), codegen
 
 
+def _maddubs_python(u, s):
+    p = u.view(np.uint8).astype(np.int32) * s.view(np.int8).astype(np.int32)
+    return np.clip(p[0::2] + p[1::2], -32768, 32767).astype(np.int16)
+
+
+@python_when_jit_disabled(_maddubs_python)
 @intrinsic
 def maddubs(typingctx, u, s):
     """vpmaddubsw: u unsigned bytes times s signed bytes, adjacent products summed to int16:
@@ -219,6 +302,12 @@ def maddubs(typingctx, u, s):
     return I16x16(I8x32, I8x32), codegen
 
 
+def _madd_ones_python(v):
+    w = v.astype(np.int32)
+    return w[0::2] + w[1::2]
+
+
+@python_when_jit_disabled(_madd_ones_python)
 @intrinsic
 def madd_ones(typingctx, v):
     """vpmaddwd with ones: out[k] = v[2k] + v[2k+1] as int32 (8 partial dot products)."""
@@ -228,6 +317,11 @@ def madd_ones(typingctx, v):
     return I32x8(I16x16), codegen
 
 
+def _lookup16_python(low, high, codes):
+    return np.where(codes.view(np.uint32) > 7, high[codes & 7], low[codes & 7])
+
+
+@python_when_jit_disabled(_lookup16_python)
 @intrinsic
 def lookup16(typingctx, low, high, codes):
     """[table[c] for c in codes]: a 16-entry float32 table given as its halves low = table[0:8],
@@ -243,6 +337,17 @@ def lookup16(typingctx, low, high, codes):
 
 # --- float vectors ------------------------------------------------------------------
 
+def fused_multiply_add(a, b, c):
+    """Python twins: a * b + c for float32 arrays with one rounding, as vfmadd: the float32 product
+    is exact in float64, so only the float64 sum's rounding comes before float32's."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
+def _zeros_f32x8_python():
+    return np.zeros(8, dtype=np.float32)
+
+
+@python_when_jit_disabled(_zeros_f32x8_python)
 @intrinsic
 def zeros_f32x8(typingctx):
     """An accumulator of 8 zeros (vxorps)."""
@@ -251,6 +356,11 @@ def zeros_f32x8(typingctx):
     return F32x8(), codegen
 
 
+def _fma_i32x8_python(acc, v, scale):
+    return fused_multiply_add(v.astype(np.float32), np.float32(scale), acc)
+
+
+@python_when_jit_disabled(_fma_i32x8_python)
 @intrinsic
 def fma_i32x8(typingctx, acc, v, scale):
     """acc + float(v) * scale, lane by lane (vcvtdq2ps, vfmadd231ps): one block's
@@ -262,6 +372,11 @@ def fma_i32x8(typingctx, acc, v, scale):
     return F32x8(F32x8, I32x8, types.float32), codegen
 
 
+def _fma_f32x8_python(a, b, acc):
+    return fused_multiply_add(a, b, acc)
+
+
+@python_when_jit_disabled(_fma_f32x8_python)
 @intrinsic
 def fma_f32x8(typingctx, a, b, acc):
     """acc + a * b, lane by lane (vfmadd231ps)."""
@@ -270,6 +385,11 @@ def fma_f32x8(typingctx, a, b, acc):
     return F32x8(F32x8, F32x8, F32x8), codegen
 
 
+def _add_f32x8_python(a, b):
+    return a + b
+
+
+@python_when_jit_disabled(_add_f32x8_python)
 @intrinsic
 def add_f32x8(typingctx, a, b):
     """a + b, lane by lane (vaddps)."""
@@ -278,6 +398,11 @@ def add_f32x8(typingctx, a, b):
     return F32x8(F32x8, F32x8), codegen
 
 
+def _scale_python(v, d):
+    return v * np.float32(d)
+
+
+@python_when_jit_disabled(_scale_python)
 @intrinsic
 def scale(typingctx, v, d):
     """v * d, lane by lane (vmulps)."""
@@ -286,6 +411,11 @@ def scale(typingctx, v, d):
     return F32x8(F32x8, types.float32), codegen
 
 
+def _scale_add_python(v, d, m):
+    return v * np.float32(d) + np.float32(m)
+
+
+@python_when_jit_disabled(_scale_add_python)
 @intrinsic
 def scale_add(typingctx, v, d, m):
     """v * d + m, lane by lane, rounded after the product and after the sum like the
@@ -296,6 +426,13 @@ def scale_add(typingctx, v, d, m):
     return F32x8(F32x8, types.float32, types.float32), codegen
 
 
+def _sum_f32x8_python(v):
+    s4 = v[:4] + v[4:]
+    s2 = s4[:2] + s4[2:]
+    return s2[0] + s2[1]
+
+
+@python_when_jit_disabled(_sum_f32x8_python)
 @intrinsic
 def sum_f32x8(typingctx, v):
     """v[0] + ... + v[7] as llama.cpp's hsum_float_8: halves added until one lane is left."""
@@ -312,6 +449,11 @@ def sum_f32x8(typingctx, v):
 def widen_bytes(signed: bool):
     """An intrinsic: 32 bytes -> 4 x F32x8 (elements 0-7, 8-15, 16-23, 24-31) as float32
     (vpmovzxbd or vpmovsxbd, then vcvtdq2ps)."""
+    def widen_python(v):
+        f = v.view(np.int8 if signed else np.uint8).astype(np.float32)
+        return f[0:8], f[8:16], f[16:24], f[24:32]
+
+    @python_when_jit_disabled(widen_python)
     @intrinsic
     def widen(typingctx, v):
         def codegen(context, builder, signature, args):
@@ -330,6 +472,11 @@ widen_i8 = widen_bytes(signed=True)      # codes -128..127 -> float32
 
 # --- fp16 <-> float32 -------------------------------------------------------------------
 
+def _f16c_half_to_float32_python(bits):
+    return np.float32(np.uint16(bits).view(np.float16))
+
+
+@python_when_jit_disabled(_f16c_half_to_float32_python)
 @intrinsic
 def f16c_half_to_float32(typingctx, bits):
     """fp16 bits -> float32, exact (vcvtph2ps; needs F16C)."""
@@ -338,6 +485,11 @@ def f16c_half_to_float32(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
+def _f16c_round_to_half_python(x):
+    return np.float32(np.float16(np.float32(x)))                     # NumPy rounds to nearest even
+
+
+@python_when_jit_disabled(_f16c_round_to_half_python)
 @intrinsic
 def f16c_round_to_half(typingctx, x):
     """float32 -> the nearest fp16 (ties to even), back as float32 (vcvtps2ph, vcvtph2ps)."""
@@ -346,6 +498,11 @@ def f16c_round_to_half(typingctx, x):
     return types.float32(types.float32), codegen
 
 
+def _float32_bits_python(x):
+    return np.float32(x).view(np.int32)
+
+
+@python_when_jit_disabled(_float32_bits_python)
 @intrinsic
 def float32_bits(typingctx, x):
     """The 32 bits of a float32 as an int32."""
