@@ -63,7 +63,10 @@ def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool, opti
 
 
 def mode_for(ops, format: str, mode: str) -> str:
-    """mode="auto": fast where the backend has a fast kernel for the format, else exact."""
+    """The mode a weight runs in: a float format has one arithmetic (exact); mode="auto" is fast
+    where the backend has a fast kernel for the format, else exact."""
+    if format in FLOAT_FORMATS:
+        return "exact"
     if mode != "auto":
         return mode
     return "fast" if ops.supports(format, "fast") else "exact"
@@ -100,7 +103,7 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     ops = get_backend(backend, **backend_options)
     if path.endswith(".gguf") and os.path.isfile(path):
         generation_config = {}                                                  # a GGUF file carries none
-        cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress)
+        cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress, quantize_options)
     else:
         path = resolve_model_path(path)
         generation_config = load_generation_config(path)       # read before the weights: a bad file fails fast
@@ -150,7 +153,7 @@ def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: 
     return stored_weight(tensor, fmt, mode_for(ops, fmt, mode), False, options)
 
 
-def load_gguf_weights(path: str, ops, quantize, mode, progress):
+def load_gguf_weights(path: str, ops, quantize, mode, progress, options=None):
     """-> (config, {name: weight or array}, [path]) of a GGUF file, its blocks used as stored."""
     reader = open_gguf(path)
     cfg = parse_config(gguf_config(reader), source=f"{path} (GGUF metadata)")
@@ -165,7 +168,7 @@ def load_gguf_weights(path: str, ops, quantize, mode, progress):
             else:
                 weight, notice = gguf_weight(tensor, "exact")
                 if kind == "linear" and quantize and weight.format != quantize:
-                    weight, notice = encode(weight.dequantize(), quantize), None
+                    weight, notice = encode(weight.dequantize(), quantize, **(options or {})), None
                 weight = weight.with_mode(mode_for(ops, weight.format, mode))
                 weights[name] = ops.prepare_weight(weight)
                 if notice:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UnsupportedFormatError
 from ..formats import FORMATS, MODES, Weight, get_format
 from . import attention, linear, mlp, norm, rope, sampling
 from .contract import build_backend
@@ -22,11 +23,15 @@ def one_thread(count=None):
 
 
 def supports(format, mode):
-    return format in FORMATS and mode in MODES
+    """Every format exactly; fast mode where the format has a fast reference (formats/*.py)."""
+    return format in FORMATS and (mode == "exact" or (mode in MODES and FORMATS[format].fast is not None))
 
 
 def prepare_weight(weight: Weight) -> Weight:
     get_format(weight.format)                      # refuses an unknown format by name
+    if not supports(weight.format, weight.mode):
+        raise UnsupportedFormatError(f"backend 'numpy' does not run weight format {weight.format!r} in "
+                                     f"{weight.mode} mode (it has no fast reference)")
     return weight
 
 
