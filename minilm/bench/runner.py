@@ -28,8 +28,9 @@ def run_child(command: str, payload: dict, log=print) -> dict:
         else:
             errors.append(line)
     out = proc.stdout.read()
-    if proc.wait() != 0:
-        raise RuntimeError(f"benchmark child {command} failed:\n" + "\n".join(errors[-30:]))
+    if proc.wait() != 0:                     # the exception's line first: the CLI shows one line
+        last = next((line for line in reversed(errors) if line.strip()), "no output")
+        raise RuntimeError(f"benchmark child {command} failed: {last.strip()}\n" + "\n".join(errors[-30:]))
     return json.loads(out.strip().splitlines()[-1])
 
 
