@@ -122,7 +122,8 @@ class ThreadTuner:
     of them, and one thread alone is then several times faster (measured: docs/benchmarks.md). So
     every step is timed, now and then one step runs with the other thread count, and the faster
     count (median of its recent steps) is kept. A probe that loses waits twice as long before the
-    next one (up to 64 steps), so a steady machine pays ~1% for the watching.
+    next one (up to 64 steps), so a steady machine pays ~1% for the watching. A model keeps its
+    tuner (`model_tuner`), so what one generate call learned holds at the start of the next.
     """
 
     def __init__(self, ops, threads: int | None = None):
@@ -131,7 +132,7 @@ class ThreadTuner:
         self.fixed = threads is not None or self.full == 1
         self.current = ops.threads(threads) if threads is not None else self.full
         self.times = {self.full: [], 1: []}
-        self.interval, self.countdown, self.probing = 4, 4, False
+        self.interval, self.countdown, self.probing = 4, 2, False
 
     def __enter__(self):
         if not self.fixed:
@@ -159,6 +160,17 @@ class ThreadTuner:
         """Leave the backend with all its threads (prefill and other callers want them)."""
         if not self.fixed:
             self.ops.threads(self.full)
+
+
+def model_tuner(model, threads: int | None) -> ThreadTuner:
+    """A fixed count's tuner, or the model's own adaptive one: a chat's next turn (or a bench's next
+    run) starts from the count the last call found best, not from all threads again."""
+    if threads is not None:
+        return ThreadTuner(model.backend, threads)
+    tuner = getattr(model, "thread_tuner", None)
+    if tuner is None or tuner.ops is not model.backend:
+        tuner = model.thread_tuner = ThreadTuner(model.backend)
+    return tuner
 
 
 def median(values: list) -> float:
@@ -223,7 +235,7 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefi
     # transformers' generate: positions count real tokens only; pads sit at 0.
     position_ids = np.where(mask == 0, 0, np.cumsum(mask, axis=1) - 1)
     cache = model.new_cache(B)
-    tuner = ThreadTuner(model.backend, threads)
+    tuner = model_tuner(model, threads)
     try:
         yield from decode_steps(model, ids, mask, position_ids, cache, cfg, tokenizer, prompt_pad, tuner,
                                 prefill_chunk, on_prefill_progress)

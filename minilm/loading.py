@@ -12,6 +12,7 @@ import os
 import warnings
 
 from .backends import get_backend
+from .bnb_file import bnb_quant_type, bnb_weights
 from .cache import storage
 from .config import ModelConfig, load_config, parse_config
 from .errors import WeightsError
@@ -121,15 +122,22 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
 def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
     """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
     cfg = load_config(folder)
+    quant_type = bnb_quant_type(cfg.raw, os.path.join(folder, "config.json"))
+    if quant_type and quantize:
+        raise ValueError(f"quantize={quantize!r}: {folder} is already quantized ({quant_type}, bitsandbytes)")
     tensors = read_checkpoint(folder)                                        # located, nothing read yet
     check_layer_count(tensors, cfg.num_hidden_layers, folder)                # before per-layer tables
+    files = sorted({t.path for t in tensors.values()})
     specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
-    stored = validate_weights(cfg, specs, tensors, folder)
+    packed, tensors = bnb_weights(tensors, specs, quant_type, mmap) if quant_type else ({}, tensors)
+    stored = validate_weights(cfg, {n: s for n, s in specs.items() if n not in packed}, tensors, folder)
     weights, kept = {}, []
-    with progress_bar(len(stored), "loading weights", enabled=progress) as bar:
-        for name, tensor in stored.items():
-            kind = specs[name].kind
-            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+    with progress_bar(len(specs), "loading weights", enabled=progress) as bar:
+        for name in specs:
+            kind, tensor = specs[name].kind, stored.get(name)
+            if name in packed:                                                  # bitsandbytes codes, in place
+                weights[name] = ops.prepare_weight(packed[name])
+            elif name == "lm_head.weight" and cfg.tie_word_embeddings:
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
             elif kind == "linear" and quantize:
                 weights[name] = ops.prepare_weight(quantized(tensor, quantize, options, weight_dtype, kept, ops, mode))
@@ -142,7 +150,7 @@ def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mma
     if kept:
         warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
                       f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
-    return cfg, weights, sorted({t.path for t in stored.values()})
+    return cfg, weights, files
 
 
 def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:

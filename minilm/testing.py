@@ -21,8 +21,11 @@ import tempfile
 
 import numpy as np
 
+from .bnb_file import quantization_config, state_specs, state_tensors
 from .config import parse_config
+from .formats import Weight
 from .formats.bfloat16 import to_bfloat16
+from .formats.bnb import BLOCK as BNB_BLOCK, TABLES as BNB_TABLES
 from .models import FAMILIES
 from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
@@ -76,6 +79,8 @@ REAL_CONFIGS = {
 
 STORAGE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 GGUF_FORMATS = ("q8_0", "q4_0", "q4_1")      # written as a GGUF file (blocks as llama.cpp stores them)
+BNB_FORMATS = ("nf4", "fp4")                 # written as a bitsandbytes 4-bit checkpoint (save_pretrained's layout)
+DTYPES = (*STORAGE, *GGUF_FORMATS, *BNB_FORMATS)
 BLOCK = {"q8_0": (34, 73.9), "q4_0": (18, 4.6), "q4_1": (20, 4.6)}   # bytes per 32 weights, std of the codes
 
 
@@ -110,30 +115,52 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     """Write config.json + random weights, one tensor at a time; returns what minilm.load takes.
 
     dtype float32 / bfloat16 / float16: model.safetensors in the folder (returns the folder);
-    q8_0 / q4_0 / q4_1: model.gguf with random blocks, as llama.cpp lays them out (returns its path).
+    q8_0 / q4_0 / q4_1: model.gguf with random blocks, as llama.cpp lays them out (returns its path);
+    nf4 / fp4: model.safetensors as transformers saves a bitsandbytes 4-bit model: random codes for
+    the decoder's linear layers, the other tensors in bfloat16 (returns the folder).
     """
-    if dtype not in STORAGE and dtype not in GGUF_FORMATS:
-        raise ValueError(f"dtype={dtype!r} must be one of {', '.join([*STORAGE, *GGUF_FORMATS])}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}")
     folder = os.fspath(folder)
     parsed = parse_config(config, source="random_checkpoint config")
     specs = FAMILIES[parsed.model_type].tensor_specs(parsed)
     if parsed.tie_word_embeddings:
         specs.pop("lm_head.weight", None)                         # tied: stored once, like save_pretrained
     os.makedirs(folder, exist_ok=True)
+    float_dtype = "bfloat16" if dtype in BNB_FORMATS else dtype
+    extra = {"quantization_config": quantization_config(dtype)} if dtype in BNB_FORMATS else {}
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({**config, "torch_dtype": dtype, "dtype": dtype}, f, indent=1)
+        json.dump({**config, "torch_dtype": float_dtype, "dtype": float_dtype, **extra}, f, indent=1)
     rng = np.random.default_rng(seed)
     std = config.get("initializer_range", 0.02)
     if dtype in GGUF_FORMATS:
         return write_random_gguf(parsed, specs, os.path.join(folder, "model.gguf"), dtype, rng, init, std, progress)
-    storage = {name: (STORAGE[dtype], spec.shape) for name, spec in specs.items()}
+    storage, bnb = {}, dtype if dtype in BNB_FORMATS else None
+    for name, spec in specs.items():
+        if bnb and spec.kind == "linear":
+            storage.update(state_specs(name, spec.shape, bnb))
+        else:
+            storage[name] = (STORAGE[float_dtype], spec.shape)
     with SafetensorsWriter(os.path.join(folder, "model.safetensors"), storage) as out, \
             progress_bar(len(specs), "writing random weights", enabled=progress) as bar:
         for name, spec in specs.items():
-            values = random_tensor(rng, name, spec.shape, spec.kind, init, std)
-            out.write(name, to_bfloat16(values) if dtype == "bfloat16" else values.astype(np.dtype(dtype)))
+            if bnb and spec.kind == "linear":
+                scale = 0.2 if init == "scaled" else std
+                for part, values in state_tensors(name, random_bnb_weight(rng, bnb, spec.shape, scale)).items():
+                    out.write(part, values)
+            else:
+                values = random_tensor(rng, name, spec.shape, spec.kind, init, std)
+                out.write(name, to_bfloat16(values) if float_dtype == "bfloat16" else values.astype(float_dtype))
             bar.update(1)
     return folder
+
+
+def random_bnb_weight(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> Weight:
+    """Random fp4/nf4 codes whose weights have about this std: uniform codes, one absmax for all
+    blocks (no quantization pass, like random_blocks)."""
+    codes = rng.integers(0, 256, size=(shape[0], shape[1] // 2), dtype=np.uint8)
+    absmax = np.full((shape[0], shape[1] // BNB_BLOCK), std / float(np.std(BNB_TABLES[fmt])), np.float32)
+    return Weight(fmt, shape, {"codes": codes, "absmax": absmax})
 
 
 def random_blocks(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> np.ndarray:
@@ -175,8 +202,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("out", help="folder to write (config.json + model.safetensors, or model.gguf)")
     parser.add_argument("--config", required=True, choices=sorted(REAL_CONFIGS) + sorted(TINY_CONFIGS),
                         help="a published config (real size) or a tiny test config")
-    parser.add_argument("--dtype", default="bfloat16", choices=[*STORAGE, *GGUF_FORMATS],
-                        help="storage: safetensors float32/bfloat16/float16, or a GGUF of llama.cpp blocks "
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES,
+                        help="storage: safetensors float32/bfloat16/float16, a GGUF of llama.cpp blocks "
+                             "(q8_0/q4_0/q4_1), or a bitsandbytes 4-bit checkpoint (nf4/fp4) "
                              "(default: %(default)s)")
     parser.add_argument("--init", default=None, choices=["hf", "scaled"],
                         help="weight scale: transformers' init (default for real configs) or the tests' "

@@ -339,3 +339,17 @@ def test_every_quantized_format_is_registered_with_its_layout_documented():
         assert fmt.description and fmt.bits < 9
         assert (fmt.fast is None) == (name in ("fp4", "nf4"))
         assert fmt.encode.__module__ in ("minilm.formats.ggml", "minilm.formats.torchao", "minilm.formats.bnb")
+
+
+@pytest.mark.parametrize("fmt, options", [("q8_0", {}), ("q4_0", {}), ("q4_1", {}), ("int8", {}),
+                                          ("int4", {"group_size": 64}), ("fp4", {}), ("nf4", {})])
+def test_encoding_in_row_chunks_on_two_threads_gives_the_same_bytes(fmt, options):
+    from minilm.formats.weight import encode_in_chunks
+    w = np.concatenate([matrix("edges", rows=9, cols=256), matrix("random", rows=28, cols=256, seed=3)])
+    whole = FORMATS[fmt].encode(w, **options)
+    chunked = encode_in_chunks(FORMATS[fmt].encode, w, options, chunk_elements=2 * 256, workers=2)  # 19 chunks
+    assert whole.keys() == chunked.keys()
+    assert all(same(whole[name], chunked[name]) for name in whole)
+    if fmt == "int8":                                       # negative control: int8's scale is per row, so
+        joined = FORMATS[fmt].encode(w[9:].reshape(-1, 512))   # encoding two rows as one changes the bytes
+        assert not same(joined["codes"].reshape(-1, 256), whole["codes"][9:])

@@ -9,7 +9,7 @@ import minilm
 from minilm.cli import main
 from minilm.config import parse_config
 from minilm.models import FAMILIES
-from minilm.testing import GGUF_FORMATS, REAL_CONFIGS, STORAGE, random_checkpoint, tiny_config
+from minilm.testing import DTYPES, GGUF_FORMATS, REAL_CONFIGS, random_checkpoint, tiny_config
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
@@ -29,7 +29,7 @@ def test_real_configs_have_transformers_tensor_names_and_shapes(name):
     print(f"{name}: {sum(int(np.prod(s)) for s in expected.values()) / 1e9:.2f} B parameters")
 
 
-@pytest.mark.parametrize("dtype", [*STORAGE, *GGUF_FORMATS])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("family", ["llama", "cohere", "cohere2"])
 def test_a_tiny_random_checkpoint_loads_and_runs(family, dtype, tmp_path):
     path = random_checkpoint(tiny_config(family), tmp_path, dtype=dtype, seed=1)
@@ -38,6 +38,8 @@ def test_a_tiny_random_checkpoint_loads_and_runs(family, dtype, tmp_path):
     model = minilm.load(path, backend=backend, weight_dtype="float32", progress=False)
     logits = model(np.array([[3, 4, 5, 6]])).logits
     assert logits.shape == (1, 4, 256) and np.isfinite(logits).all() and logits.std() > 0
+    quantized = model.weights["model.layers.0.mlp.up_proj.weight"].format
+    assert quantized == (dtype if dtype in (*GGUF_FORMATS, "nf4", "fp4") else "float32")
 
 
 def test_the_command_writes_what_it_says(tmp_path, capsys):

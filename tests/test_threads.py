@@ -62,6 +62,22 @@ def test_negative_control_without_the_tuner_a_busy_machine_collapses(fake):
     assert set(fake.history) == {2} and 2.0 / 8.0 < 0.8
 
 
+def test_what_one_call_learned_holds_at_the_start_of_the_next(fake):
+    from types import SimpleNamespace
+    model = SimpleNamespace(backend=fake)
+    fake.busy = True
+    run(generate.model_tuner(model, None), fake, 30)                    # one generate call's decode steps
+    generate.model_tuner(model, None).restore()                         # its end: all threads for prefill
+    assert fake.count == 2
+    fake.history.clear()
+    run(generate.model_tuner(model, None), fake, 10)                    # the next call
+    assert fake.history[:3] == [1, 1, 1] and fake.history.count(2) <= 1  # starts where the last one ended
+    generate.model_tuner(model, None).restore()
+    fake.history.clear()
+    run(generate.ThreadTuner(fake), fake, 10)                            # negative control: a fresh tuner
+    assert fake.history[:2] == [2, 2]                                    # starts from all threads again
+
+
 def test_fixed_thread_count_and_restore():
     model = minilm.load(tiny_checkpoint("llama"), backend="numba", progress=False)
     full = model.backend.threads()
@@ -70,3 +86,6 @@ def test_fixed_thread_count_and_restore():
     model.backend.threads(full)
     model.generate(np.array([[3, 4, 5]]), max_new_tokens=40, eos_token_id=[])
     assert model.backend.threads() == full                                 # adapted, then restored
+    tuner = model.thread_tuner
+    model.generate(np.array([[3, 4, 5]]), max_new_tokens=4, eos_token_id=[])
+    assert model.thread_tuner is tuner                                     # one tuner per model

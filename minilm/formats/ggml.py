@@ -85,9 +85,10 @@ def reciprocal_or_zero(d: np.ndarray) -> np.ndarray:
 
 
 def round_half_away(v: np.ndarray) -> np.ndarray:
-    """C's roundf: to nearest, halves away from zero (v - trunc(v) is exact in float32)."""
-    t = np.trunc(v)
-    return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), np.float32(0))
+    """C's roundf: to nearest, halves away from zero. rint rounds halves to even; where v is a half
+    (v - rint(v) is exact for |v| < 2**23), step away from zero instead. (A zero may come out -0.)"""
+    r = np.rint(v)
+    return np.where(np.abs(v - r) == np.float32(0.5), v + np.copysign(np.float32(0.5), v), r)
 
 
 def as_blocks(w: np.ndarray) -> np.ndarray:
