@@ -132,7 +132,7 @@ class ThreadTuner:
         self.fixed = threads is not None or self.full == 1
         self.current = ops.threads(threads) if threads is not None else self.full
         self.times = {self.full: [], 1: []}
-        self.interval, self.countdown, self.probing = 4, 2, False
+        self.interval, self.countdown, self.probing = 4, 4, False
 
     def __enter__(self):
         if not self.fixed:

@@ -31,8 +31,11 @@ class Live:
     """A running `minilm chat`: stdout and stderr collected by threads, stdin written line by line."""
 
     def __init__(self, *args):
+        # SIGINT back to its default in the child: a test run started in the background (`cmd &` in a
+        # script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
         self.proc = subprocess.Popen([sys.executable, "-m", "minilm.cli", "chat", *map(str, args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.out, self.err = bytearray(), bytearray()
         for stream, buffer in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
             threading.Thread(target=self._collect, args=(stream, buffer), daemon=True).start()
