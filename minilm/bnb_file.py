@@ -38,6 +38,7 @@ from .errors import ConfigError, WeightsError
 from .formats import Weight
 from .formats.bnb import BLOCK, TABLES
 from .safetensors_file import StoredTensor
+from .weights import check_finite
 
 QUANT_STATE = "quant_state.bitsandbytes__"
 MAX_STATE_BYTES = 1 << 16
@@ -122,7 +123,11 @@ def read_absmax(parts: dict, state: dict, blocks: int, mmap: bool, where: str) -
     if stored.dtype == "F32":
         if "nested_absmax" in parts:
             raise WeightsError(f"{where}: float32 absmax beside nested_absmax (double quantization needs U8)")
-        return stored.map() if mmap else stored.read()
+        if mmap:
+            return stored.map()                            # like every mapped tensor: not read now, not checked
+        values = stored.read()
+        check_finite(stored, values)
+        return values
     if "nested_absmax" not in parts or "nested_quant_map" not in parts:
         raise WeightsError(f"{where}: 8-bit absmax without nested_absmax and nested_quant_map")
     nested_block, offset = state.get("nested_blocksize"), state.get("nested_offset")
@@ -130,8 +135,9 @@ def read_absmax(parts: dict, state: dict, blocks: int, mmap: bool, where: str) -
         raise WeightsError(f"{where}: double quantization needs nested_blocksize and nested_offset in its state")
     nested = small(parts["nested_absmax"], "F32", (-(-blocks // nested_block),))
     table = small(parts["nested_quant_map"], "F32", (256,))
-    codes = stored.read()
-    return table[codes] * nested[np.arange(blocks) // nested_block] + np.float32(offset)
+    absmax = table[stored.read()] * nested[np.arange(blocks) // nested_block] + np.float32(offset)
+    check_finite(stored, absmax)
+    return absmax
 
 
 def small(stored: StoredTensor, dtype: str, shape: tuple) -> np.ndarray:

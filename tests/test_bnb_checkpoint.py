@@ -123,6 +123,16 @@ def test_a_missing_or_wrong_quant_state_names_the_tensor(saved, tmp_path):
         minilm.load(folder, progress=False)
 
 
+def test_a_nan_scale_is_refused_when_copied(saved, tmp_path):
+    folder = shutil.copytree(saved["llama", "nf4", False][0], tmp_path / "nan")
+    path = os.path.join(folder, "model.safetensors")
+    tensors = {name: t.read() for name, t in read_header(path)[0].items()}
+    tensors["model.layers.0.mlp.up_proj.weight.absmax"][3] = np.nan
+    save(path, tensors)
+    with pytest.raises(WeightsError, match="up_proj.weight.absmax' contains NaN or Inf"):
+        minilm.load(folder, progress=False, mmap=False)
+
+
 def test_quantizing_an_already_quantized_checkpoint_is_refused(saved):
     with pytest.raises(ValueError, match="already quantized .nf4, bitsandbytes."):
         minilm.load(saved["llama", "nf4", False][0], quantize="q4_0", progress=False)
