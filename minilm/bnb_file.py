@@ -44,18 +44,8 @@ QUANT_STATE = "quant_state.bitsandbytes__"
 MAX_STATE_BYTES = 1 << 16
 
 
-def bnb_quant_type(raw_config: dict, source: str) -> str | None:
-    """"nf4" or "fp4" for a bitsandbytes 4-bit checkpoint, None for one without quantization_config;
-    any other quantization is refused by name."""
-    qc = raw_config.get("quantization_config")
-    if qc is None:
-        return None
-    if not isinstance(qc, dict):
-        raise ConfigError(f"{source}: quantization_config must be a JSON object")
-    method = qc.get("quant_method")
-    if method != "bitsandbytes":
-        raise ConfigError(f"{source}: quantization_config.quant_method={method!r} is not supported "
-                          "(minilm loads bitsandbytes 4-bit checkpoints, GGUF files and float checkpoints)")
+def bnb_quant_type(qc: dict, source: str) -> str:
+    """"nf4" or "fp4": the quant type of a bitsandbytes quantization_config (8-bit is refused)."""
     if qc.get("load_in_8bit"):
         raise ConfigError(f"{source}: bitsandbytes 8-bit (LLM.int8) checkpoints are not supported; "
                           "4-bit ones (load_in_4bit) are")

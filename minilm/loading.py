@@ -15,14 +15,16 @@ from .backends import get_backend
 from .bnb_file import bnb_quant_type, bnb_weights
 from .cache import storage
 from .config import ModelConfig, load_config, parse_config
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 from .formats import Weight, get_format, quantize as encode
 from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
-from .weights import check_finite, check_layer_count, file_identity, read_checkpoint, to_float32
+from .torchao_file import torchao_formats, torchao_weights
+from .weights import (check_finite, check_layer_count, checkpoint_metadata, file_identity, read_checkpoint,
+                      to_float32)
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -122,21 +124,21 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
 def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
     """-> (config, {name: weight or array}, weight files) of a checkpoint folder."""
     cfg = load_config(folder)
-    quant_type = bnb_quant_type(cfg.raw, os.path.join(folder, "config.json"))
-    if quant_type and quantize:
-        raise ValueError(f"quantize={quantize!r}: {folder} is already quantized ({quant_type}, bitsandbytes)")
+    quantization = quantization_method(cfg.raw, os.path.join(folder, "config.json"))
+    if quantization and quantize:
+        raise ValueError(f"quantize={quantize!r}: {folder} is already quantized ({', '.join(quantization[::-1])})")
     tensors = read_checkpoint(folder)                                        # located, nothing read yet
     check_layer_count(tensors, cfg.num_hidden_layers, folder)                # before per-layer tables
     files = sorted({t.path for t in tensors.values()})
     specs = FAMILIES[cfg.model_type].tensor_specs(cfg)
-    packed, tensors = bnb_weights(tensors, specs, quant_type, mmap) if quant_type else ({}, tensors)
+    packed, tensors = packed_weights(quantization, folder, tensors, specs, mmap)
     stored = validate_weights(cfg, {n: s for n, s in specs.items() if n not in packed}, tensors, folder)
     weights, kept = {}, []
     with progress_bar(len(specs), "loading weights", enabled=progress) as bar:
         for name in specs:
             kind, tensor = specs[name].kind, stored.get(name)
-            if name in packed:                                                  # bitsandbytes codes, in place
-                weights[name] = ops.prepare_weight(packed[name])
+            if name in packed:                                          # bitsandbytes or torchao codes, in place
+                weights[name] = ops.prepare_weight(packed[name].with_mode(mode_for(ops, packed[name].format, mode)))
             elif name == "lm_head.weight" and cfg.tie_word_embeddings:
                 weights[name] = weights["model.embed_tokens.weight"]            # tied: one matrix in memory
             elif kind == "linear" and quantize:
@@ -151,6 +153,33 @@ def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mma
         warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
                       f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
     return cfg, weights, files
+
+
+def quantization_method(raw_config: dict, source: str) -> tuple[str, str] | None:
+    """What config.json's quantization_config says the checkpoint holds: ("bitsandbytes", "nf4"),
+    ("torchao", "int4"), ... or None for a float checkpoint. Other methods are refused by name."""
+    qc = raw_config.get("quantization_config")
+    if qc is None:
+        return None
+    if not isinstance(qc, dict):
+        raise ConfigError(f"{source}: quantization_config must be a JSON object")
+    method = qc.get("quant_method")
+    if method == "bitsandbytes":
+        return method, bnb_quant_type(qc, source)
+    if method == "torchao":
+        return method, torchao_formats(qc, source)
+    raise ConfigError(f"{source}: quantization_config.quant_method={method!r} is not supported (minilm loads "
+                      "bitsandbytes 4-bit and torchao int4/int8 checkpoints, GGUF files and float checkpoints)")
+
+
+def packed_weights(quantization: tuple | None, folder: str, tensors: dict, specs: dict, mmap: bool):
+    """The checkpoint's already quantized linear layers -> ({name: Weight}, the other tensors)."""
+    if quantization is None:
+        return {}, tensors
+    method, quant_type = quantization
+    if method == "bitsandbytes":
+        return bnb_weights(tensors, specs, quant_type, mmap)
+    return torchao_weights(tensors, specs, checkpoint_metadata(folder), mmap)
 
 
 def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:

@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from .bnb_file import quantization_config, state_specs, state_tensors
+from . import bnb_file, torchao_file
 from .config import parse_config
 from .formats import Weight
 from .formats.bfloat16 import to_bfloat16
@@ -80,7 +80,8 @@ REAL_CONFIGS = {
 STORAGE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 GGUF_FORMATS = ("q8_0", "q4_0", "q4_1")      # written as a GGUF file (blocks as llama.cpp stores them)
 BNB_FORMATS = ("nf4", "fp4")                 # written as a bitsandbytes 4-bit checkpoint (save_pretrained's layout)
-DTYPES = (*STORAGE, *GGUF_FORMATS, *BNB_FORMATS)
+TORCHAO_FORMATS = ("int4", "int8")           # written as a torchao checkpoint (save_pretrained's safetensors layout)
+DTYPES = (*STORAGE, *GGUF_FORMATS, *BNB_FORMATS, *TORCHAO_FORMATS)
 BLOCK = {"q8_0": (34, 73.9), "q4_0": (18, 4.6), "q4_1": (20, 4.6)}   # bytes per 32 weights, std of the codes
 
 
@@ -116,8 +117,9 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
 
     dtype float32 / bfloat16 / float16: model.safetensors in the folder (returns the folder);
     q8_0 / q4_0 / q4_1: model.gguf with random blocks, as llama.cpp lays them out (returns its path);
-    nf4 / fp4: model.safetensors as transformers saves a bitsandbytes 4-bit model: random codes for
-    the decoder's linear layers, the other tensors in bfloat16 (returns the folder).
+    nf4 / fp4: model.safetensors as transformers saves a bitsandbytes 4-bit model, and
+    int4 / int8 as it saves a torchao one (Int4WeightOnlyConfig(group_size=128), Int8WeightOnlyConfig()):
+    random codes for the decoder's linear layers, the other tensors in bfloat16 (returns the folder).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}")
@@ -127,26 +129,29 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     if parsed.tie_word_embeddings:
         specs.pop("lm_head.weight", None)                         # tied: stored once, like save_pretrained
     os.makedirs(folder, exist_ok=True)
-    float_dtype = "bfloat16" if dtype in BNB_FORMATS else dtype
-    extra = {"quantization_config": quantization_config(dtype)} if dtype in BNB_FORMATS else {}
+    packed = dtype if dtype in (*BNB_FORMATS, *TORCHAO_FORMATS) else None    # codes, not floats
+    float_dtype = "bfloat16" if packed else dtype
+    extra = {"quantization_config": packed_layout(dtype).quantization_config(dtype)} if packed else {}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({**config, "torch_dtype": float_dtype, "dtype": float_dtype, **extra}, f, indent=1)
     rng = np.random.default_rng(seed)
     std = config.get("initializer_range", 0.02)
     if dtype in GGUF_FORMATS:
         return write_random_gguf(parsed, specs, os.path.join(folder, "model.gguf"), dtype, rng, init, std, progress)
-    storage, bnb = {}, dtype if dtype in BNB_FORMATS else None
+    storage, descriptions = {}, {}
     for name, spec in specs.items():
-        if bnb and spec.kind == "linear":
-            storage.update(state_specs(name, spec.shape, bnb))
+        if packed and spec.kind == "linear":
+            storage.update(packed_specs(name, spec.shape, dtype))
+            descriptions[name] = torchao_file.description(dtype, spec.shape) if dtype in TORCHAO_FORMATS else None
         else:
-            storage[name] = (STORAGE[float_dtype], spec.shape)
-    with SafetensorsWriter(os.path.join(folder, "model.safetensors"), storage) as out, \
+            storage[name], descriptions[name] = (STORAGE[float_dtype], spec.shape), None
+    metadata = torchao_file.file_metadata(descriptions) if dtype in TORCHAO_FORMATS else {}
+    with SafetensorsWriter(os.path.join(folder, "model.safetensors"), storage, metadata) as out, \
             progress_bar(len(specs), "writing random weights", enabled=progress) as bar:
         for name, spec in specs.items():
-            if bnb and spec.kind == "linear":
-                scale = 0.2 if init == "scaled" else std
-                for part, values in state_tensors(name, random_bnb_weight(rng, bnb, spec.shape, scale)).items():
+            if packed and spec.kind == "linear":
+                weight = random_codes(rng, dtype, spec.shape, 0.2 if init == "scaled" else std)
+                for part, values in packed_tensors(name, weight).items():
                     out.write(part, values)
             else:
                 values = random_tensor(rng, name, spec.shape, spec.kind, init, std)
@@ -155,11 +160,33 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     return folder
 
 
-def random_bnb_weight(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> Weight:
-    """Random fp4/nf4 codes whose weights have about this std: uniform codes, one absmax for all
-    blocks (no quantization pass, like random_blocks)."""
-    codes = rng.integers(0, 256, size=(shape[0], shape[1] // 2), dtype=np.uint8)
-    absmax = np.full((shape[0], shape[1] // BNB_BLOCK), std / float(np.std(BNB_TABLES[fmt])), np.float32)
+def packed_layout(fmt: str):
+    """The module that writes a checkpoint of already quantized codes in `fmt`."""
+    return bnb_file if fmt in BNB_FORMATS else torchao_file
+
+
+def packed_specs(name: str, shape: tuple, fmt: str) -> dict:
+    return (bnb_file.state_specs if fmt in BNB_FORMATS else torchao_file.flattened_specs)(name, shape, fmt)
+
+
+def packed_tensors(name: str, weight: Weight) -> dict:
+    return (bnb_file.state_tensors if weight.format in BNB_FORMATS else torchao_file.flattened_tensors)(name, weight)
+
+
+def random_codes(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> Weight:
+    """Random fp4/nf4/int4/int8 codes whose weights have about this std: uniform codes, one scale for
+    all of them (no quantization pass, like random_blocks)."""
+    out_features, in_features = shape
+    if fmt == "int8":
+        codes = rng.integers(-128, 128, size=shape, dtype=np.int8)
+        return Weight(fmt, shape, {"codes": codes, "scale": np.full(out_features, std / 73.9, np.float32)})
+    codes = rng.integers(0, 256, size=(out_features, in_features // 2), dtype=np.uint8)
+    if fmt == "int4":                                   # q uniform in -8..7: std 4.61, mean -0.5 (zero centres it)
+        groups = (out_features, in_features // torchao_file.group_size_for(in_features))
+        d = np.float32(std / 4.61)
+        return Weight(fmt, shape, {"codes": codes, "scale": np.full(groups, to_bfloat16(d), np.uint16),
+                                   "zero": np.full(groups, to_bfloat16(d / 2), np.uint16)})
+    absmax = np.full((out_features, in_features // BNB_BLOCK), std / float(np.std(BNB_TABLES[fmt])), np.float32)
     return Weight(fmt, shape, {"codes": codes, "absmax": absmax})
 
 
@@ -204,7 +231,8 @@ def add_arguments(parser) -> None:
                         help="a published config (real size) or a tiny test config")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                         help="storage: safetensors float32/bfloat16/float16, a GGUF of llama.cpp blocks "
-                             "(q8_0/q4_0/q4_1), or a bitsandbytes 4-bit checkpoint (nf4/fp4) "
+                             "(q8_0/q4_0/q4_1), a bitsandbytes 4-bit checkpoint (nf4/fp4) or a torchao "
+                             "one (int4 with groups of 128, int8) "
                              "(default: %(default)s)")
     parser.add_argument("--init", default=None, choices=["hf", "scaled"],
                         help="weight scale: transformers' init (default for real configs) or the tests' "

@@ -69,6 +69,14 @@ def read_checkpoint(folder: str) -> dict[str, StoredTensor]:
     return tensors
 
 
+def checkpoint_metadata(folder: str) -> dict:
+    """The __metadata__ of every file of the checkpoint, merged (torchao describes its tensors there)."""
+    metadata = {}
+    for path in checkpoint_files(folder):
+        metadata.update(read_header(path)[1])
+    return metadata
+
+
 def check_layer_count(tensors: dict, num_hidden_layers: int, folder: str) -> None:
     """Refuse a config that claims more layers than the checkpoint holds, before any per-layer
     table is built (num_hidden_layers=10**7 would otherwise cost minutes and gigabytes)."""

@@ -22,6 +22,7 @@ from minilm.formats import FORMATS, UnsupportedFormatError, Weight, quantize
 from minilm.formats import ggml as G
 from minilm.formats import torchao as TA
 from minilm.formats.bfloat16 import bfloat16_to_float32, to_bfloat16
+from torchao_reference import mslk_int4_row_quantize_zp
 
 gguf = pytest.importorskip("gguf")
 smollm2_gguf = pytest.importorskip("smollm2_gguf")                    # tests/smollm2_gguf.py: one parse per session
@@ -246,23 +247,6 @@ def test_int4_is_torchao_int4_weight_only_when_torchao_can_quantize_it():
         pytest.skip("torchao cannot quantize int4 on this machine (its default 'plain' packing calls the "
                     f"CUDA kernel library mslk): {type(e).__name__}: {e}; see test_int4_is_the_published_formula")
     assert same(quantize(w, "int4", group_size=64).codes.view(np.int8), theirs.qdata.cpu().numpy())
-
-
-def mslk_int4_row_quantize_zp(w, group_size):
-    """torchao 0.18's Int4WeightOnlyConfig quantizer, mslk's int4_row_quantize_zp + pack_int4 +
-    the bf16 cast of Int4Tensor.from_hp, transcribed in torch from the published source."""
-    import torch
-    x = torch.from_numpy(w).to(torch.float)
-    chunks = torch.split(x, group_size, dim=-1)
-    max_val = [c.amax(dim=1, keepdim=True) for c in chunks]
-    min_val = [c.amin(dim=1, keepdim=True) for c in chunks]
-    scales = [(mx - mn).clamp(min=1e-6) / 15 for mx, mn in zip(max_val, min_val)]
-    zeros = [mn + s * 8 for mn, s in zip(min_val, scales)]
-    out = [c.sub(mn).div(s).round().clamp_(0, 15) for c, mn, s in zip(chunks, min_val, scales)]
-    out = torch.cat([(c - 8).to(torch.int8) for c in out], dim=-1)
-    packed = torch.bitwise_or(torch.bitwise_and(out[:, ::2], 0xF), torch.bitwise_left_shift(out[:, 1::2], 4))
-    return (packed.numpy().view(np.uint8), torch.cat(scales, -1).to(torch.bfloat16),
-            torch.cat(zeros, -1).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

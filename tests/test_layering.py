@@ -19,7 +19,7 @@ LAYERS = [
     ["minilm.backends", "minilm.cache", "minilm.weights", "minilm.generate"],
     ["minilm.models"],
     ["minilm.config"],
-    ["minilm.gguf_file", "minilm.bnb_file"],
+    ["minilm.gguf_file", "minilm.bnb_file", "minilm.torchao_file"],
     ["minilm.convert", "minilm.tokenizer"],
     ["minilm.default_model"],
     ["minilm.resolve"],

@@ -9,7 +9,7 @@ import minilm
 from minilm.cli import main
 from minilm.config import parse_config
 from minilm.models import FAMILIES
-from minilm.testing import DTYPES, GGUF_FORMATS, REAL_CONFIGS, random_checkpoint, tiny_config
+from minilm.testing import BNB_FORMATS, DTYPES, GGUF_FORMATS, REAL_CONFIGS, TORCHAO_FORMATS, random_checkpoint, tiny_config
 
 
 @pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
@@ -39,7 +39,7 @@ def test_a_tiny_random_checkpoint_loads_and_runs(family, dtype, tmp_path):
     logits = model(np.array([[3, 4, 5, 6]])).logits
     assert logits.shape == (1, 4, 256) and np.isfinite(logits).all() and logits.std() > 0
     quantized = model.weights["model.layers.0.mlp.up_proj.weight"].format
-    assert quantized == (dtype if dtype in (*GGUF_FORMATS, "nf4", "fp4") else "float32")
+    assert quantized == (dtype if dtype in (*GGUF_FORMATS, *BNB_FORMATS, *TORCHAO_FORMATS) else "float32")
 
 
 def test_the_command_writes_what_it_says(tmp_path, capsys):

@@ -269,7 +269,8 @@ def prepare(weight: Weight) -> Weight:
                                      f"multiple of {QK}; got shape {list(weight.shape)}")
     arrays = {}
     for name, a in weight.arrays.items():
-        arrays[name] = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+        in_place = a.flags.c_contiguous or (weight.format == "int4" and name != "codes" and a.flags.f_contiguous)
+        arrays[name] = a if in_place else np.ascontiguousarray(a)     # torchao's int4 scale/zero: transposed
     return weight.with_arrays(**arrays)
 
 
