@@ -306,7 +306,8 @@ def add_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _add_model_args(p, sampling: bool = True) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint folder, hub id or .gguf file (default: SmolLM2-135M-Instruct, offline)")
+                   help="checkpoint folder, hub id or .gguf file; a bitsandbytes 4-bit or torchao int4/int8 "
+                        "checkpoint runs its codes as stored (default: SmolLM2-135M-Instruct, offline)")
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"],
                    help="numba (fast CPU), numpy (the reference to step through), cuda (a GPU) or cuda-emulated "
                         "(the CUDA kernels run on the CPU); the cuda ones need the [cuda] extra")

@@ -3,6 +3,7 @@ never asserted (docs/benchmarks.md holds the measured results)."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 import numba  # noqa: F401
@@ -107,3 +108,14 @@ def test_profile_accounts_for_every_op_of_a_step(tiny):
     assert abs(sum(s for op, (_, s) in profile.items() if op != "step") - profile["step"][1]) < 1e-9
     assert "whole step" in format_profile(profile, "tiny")
     assert model.backend.linear.__name__ == "linear"                  # the clocks are removed again
+
+
+def test_the_roofline_reads_a_transposed_view_in_place():
+    """torchao's int4 scales are transposed views of the file: the roofline reads their bytes where
+    they are (a copy would add the scales to the private memory the bench reports)."""
+    from minilm.bench.measure import in_memory_order
+    stored = np.arange(12, dtype=np.uint16).reshape(3, 4)                     # [G, OUT] as the file holds it
+    view = stored.T                                                           # [OUT, G], Fortran order
+    assert np.shares_memory(in_memory_order(view), stored) and in_memory_order(view).nbytes == stored.nbytes
+    strided = stored[:, ::2]                                                  # neither order: copied
+    assert not np.shares_memory(in_memory_order(strided), stored)

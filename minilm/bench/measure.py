@@ -93,12 +93,18 @@ def _stream_kernel():
     return read_chunks
 
 
+def in_memory_order(a: np.ndarray) -> np.ndarray:
+    """The same bytes as a C-contiguous array: a transposed view (torchao's int4 scales) read as
+    stored, not copied (a copy of a 35B model's scales is 1 GB of private memory)."""
+    return a.T if a.flags.f_contiguous and not a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 class WeightReader:
     """Times reading the given arrays once (their bytes, in their own pages): the decode roofline."""
 
     def __init__(self, arrays):
         from numba.typed import List
-        flat = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays if a.nbytes >= 4]
+        flat = [in_memory_order(a).reshape(-1).view(np.uint8) for a in arrays if a.nbytes >= 4]
         self.words = List([f[:f.size // 4 * 4].view(np.uint32) for f in flat])
         chunks = [(i, start, min(start + _CHUNK_WORDS, w.size))
                   for i, w in enumerate(self.words) for start in range(0, w.size, _CHUNK_WORDS)]
