@@ -118,7 +118,8 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     dtype float32 / bfloat16 / float16: model.safetensors in the folder (returns the folder);
     q8_0 / q4_0 / q4_1: model.gguf with random blocks, as llama.cpp lays them out (returns its path);
     nf4 / fp4: model.safetensors as transformers saves a bitsandbytes 4-bit model, and
-    int4 / int8 as it saves a torchao one (Int4WeightOnlyConfig(group_size=128), Int8WeightOnlyConfig()):
+    int4 / int8 as it saves a torchao one (Int4WeightOnlyConfig(group_size=128; 32 where a tiny
+    model's rows are not multiples of 128), Int8WeightOnlyConfig()):
     random codes for the decoder's linear layers, the other tensors in bfloat16 (returns the folder).
     """
     if dtype not in DTYPES:
@@ -131,7 +132,9 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     os.makedirs(folder, exist_ok=True)
     packed = dtype if dtype in (*BNB_FORMATS, *TORCHAO_FORMATS) else None    # codes, not floats
     float_dtype = "bfloat16" if packed else dtype
-    extra = {"quantization_config": packed_layout(dtype).quantization_config(dtype)} if packed else {}
+    linear = {name: spec.shape for name, spec in specs.items() if spec.kind == "linear"}
+    group = torchao_file.model_group_size(s[1] for s in linear.values()) if dtype == "int4" else None
+    extra = {"quantization_config": quantization_config(dtype, group)} if packed else {}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({**config, "torch_dtype": float_dtype, "dtype": float_dtype, **extra}, f, indent=1)
     rng = np.random.default_rng(seed)
@@ -141,8 +144,9 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     storage, descriptions = {}, {}
     for name, spec in specs.items():
         if packed and spec.kind == "linear":
-            storage.update(packed_specs(name, spec.shape, dtype))
-            descriptions[name] = torchao_file.description(dtype, spec.shape) if dtype in TORCHAO_FORMATS else None
+            storage.update(packed_specs(name, spec.shape, dtype, group))
+            descriptions[name] = torchao_file.description(dtype, spec.shape, group) if dtype in TORCHAO_FORMATS \
+                else None
         else:
             storage[name], descriptions[name] = (STORAGE[float_dtype], spec.shape), None
     metadata = torchao_file.file_metadata(descriptions) if dtype in TORCHAO_FORMATS else {}
@@ -150,7 +154,7 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
             progress_bar(len(specs), "writing random weights", enabled=progress) as bar:
         for name, spec in specs.items():
             if packed and spec.kind == "linear":
-                weight = random_codes(rng, dtype, spec.shape, 0.2 if init == "scaled" else std)
+                weight = random_codes(rng, dtype, spec.shape, 0.2 if init == "scaled" else std, group)
                 for part, values in packed_tensors(name, weight).items():
                     out.write(part, values)
             else:
@@ -160,32 +164,36 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     return folder
 
 
-def packed_layout(fmt: str):
-    """The module that writes a checkpoint of already quantized codes in `fmt`."""
-    return bnb_file if fmt in BNB_FORMATS else torchao_file
+def quantization_config(fmt: str, group_size: int | None) -> dict:
+    """config.json's quantization_config of a checkpoint of already quantized codes in `fmt`."""
+    if fmt in BNB_FORMATS:
+        return bnb_file.quantization_config(fmt)
+    return torchao_file.quantization_config(fmt, group_size or 128)
 
 
-def packed_specs(name: str, shape: tuple, fmt: str) -> dict:
-    return (bnb_file.state_specs if fmt in BNB_FORMATS else torchao_file.flattened_specs)(name, shape, fmt)
+def packed_specs(name: str, shape: tuple, fmt: str, group_size: int | None) -> dict:
+    if fmt in BNB_FORMATS:
+        return bnb_file.state_specs(name, shape, fmt)
+    return torchao_file.flattened_specs(name, shape, fmt, group_size or 128)
 
 
 def packed_tensors(name: str, weight: Weight) -> dict:
     return (bnb_file.state_tensors if weight.format in BNB_FORMATS else torchao_file.flattened_tensors)(name, weight)
 
 
-def random_codes(rng: np.random.Generator, fmt: str, shape: tuple, std: float) -> Weight:
+def random_codes(rng: np.random.Generator, fmt: str, shape: tuple, std: float, group_size: int | None = None) -> Weight:
     """Random fp4/nf4/int4/int8 codes whose weights have about this std: uniform codes, one scale for
-    all of them (no quantization pass, like random_blocks)."""
+    all of them (no quantization pass, like random_blocks); int4's scales vary by +-25% per group, so
+    a writer that transposed them would be seen."""
     out_features, in_features = shape
     if fmt == "int8":
         codes = rng.integers(-128, 128, size=shape, dtype=np.int8)
         return Weight(fmt, shape, {"codes": codes, "scale": np.full(out_features, std / 73.9, np.float32)})
     codes = rng.integers(0, 256, size=(out_features, in_features // 2), dtype=np.uint8)
     if fmt == "int4":                                   # q uniform in -8..7: std 4.61, mean -0.5 (zero centres it)
-        groups = (out_features, in_features // torchao_file.group_size_for(in_features))
-        d = np.float32(std / 4.61)
-        return Weight(fmt, shape, {"codes": codes, "scale": np.full(groups, to_bfloat16(d), np.uint16),
-                                   "zero": np.full(groups, to_bfloat16(d / 2), np.uint16)})
+        d = (std / 4.61 * rng.uniform(0.75, 1.25, (out_features, in_features // group_size))).astype(np.float32)
+        return Weight(fmt, shape, {"codes": codes, "scale": to_bfloat16(d), "zero": to_bfloat16(d / 2)},
+                      options={"group_size": group_size})
     absmax = np.full((out_features, in_features // BNB_BLOCK), std / float(np.std(BNB_TABLES[fmt])), np.float32)
     return Weight(fmt, shape, {"codes": codes, "absmax": absmax})
 

@@ -23,8 +23,8 @@ name MODULE.weight, a JSON description of the tensor subclass (its type, attribu
 Every array is used as stored: the int4 scale and zero are read through their transpose (a
 Fortran-ordered [OUT, IN/G] view that the kernels index like any other; 10-20% slower per int4
 GEMV than row-major, since a row's scales are a stride of OUT * 2 bytes apart). mmap=False copies
-them row-major instead. Weights left in float
-(the embedding and the head; layers torchao skipped) are plain tensors. Anything else torchao
+them row-major instead. Weights left in float (the embedding, usually the head, layers torchao
+skipped) are plain tensors; a quantized head loads like a linear layer. Anything else torchao
 writes (other packings, float8, activation quantization) is refused by name. The metadata is
 JSON; nothing is unpickled.
 """
@@ -50,7 +50,7 @@ def torchao_formats(qc: dict, source: str) -> str:
     quant_type = qc.get("quant_type")
     configs = quant_type.values() if isinstance(quant_type, dict) else []
     names = [c.get("_type") for c in configs if isinstance(c, dict)]
-    if not names:
+    if not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{source}: torchao quantization_config.quant_type={quant_type!r} is not a config "
                           "object (a checkpoint saved by an older transformers as pickle cannot be read)")
     unknown = [n for n in names if n not in CONFIG_TYPES]
@@ -70,8 +70,9 @@ def torchao_weights(tensors: dict[str, StoredTensor], specs: dict, metadata: dic
         if not parts:
             continue                                        # a plain tensor: torchao left it in float
         where = f"{next(iter(parts.values())).path}: tensor {name!r}"
-        if spec.kind != "linear":
-            raise WeightsError(f"{where} is torchao-quantized, but minilm quantizes only linear layers")
+        if spec.kind not in ("linear", "head"):             # an nn.Linear in transformers: projections, lm_head
+            raise WeightsError(f"{where} is torchao-quantized, but minilm reads quantized linear layers and "
+                               "heads only (not the embedding)")
         description = tensor_description(metadata, name, where)
         weights[name] = torchao_weight(description, parts, spec.shape, mmap, where)
     return weights, rest
@@ -84,9 +85,10 @@ def tensor_description(metadata: dict, name: str, where: str) -> dict:
         raise WeightsError(f"{where}: torchao parts without their description in the file's __metadata__")
     try:
         description = json.loads(text)
-    except ValueError as e:
-        raise WeightsError(f"{where}: its torchao description is not JSON ({e})") from None
-    if not isinstance(description, dict) or not isinstance(description.get("_data"), dict):
+    except (ValueError, RecursionError) as e:                  # RecursionError: absurdly deep nesting
+        raise WeightsError(f"{where}: its torchao description is not JSON ({type(e).__name__})") from None
+    if not isinstance(description, dict) or not isinstance(description.get("_data"), dict) \
+            or not isinstance(description.get("_type"), str):
         raise WeightsError(f"{where}: its torchao description is not an object with _type and _data")
     return description
 
@@ -98,8 +100,10 @@ def torchao_weight(description: dict, parts: dict[str, StoredTensor], shape: tup
     if kind not in SUPPORTED:
         raise WeightsError(f"{where} is a torchao {kind}; minilm reads Int4Tensor (Int4WeightOnlyConfig, "
                            "plain packing) and Int8Tensor (Int8WeightOnlyConfig)")
-    names = description.get("_tensor_data_names")
-    extra = sorted(set(parts) - set(PARTS)) or sorted(set(names or []) - set(PARTS))
+    names = description.get("_tensor_data_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{where}: its torchao description's _tensor_data_names is not a list of names")
+    extra = sorted(set(parts) - set(PARTS)) or sorted(set(names) - set(PARTS))
     if extra:
         raise WeightsError(f"{where}: torchao part {extra[0]!r} (activation scaling or quantization) is not "
                            "supported; minilm reads weight-only checkpoints")
@@ -199,15 +203,19 @@ def quantization_config(fmt: str, group_size: int = 128) -> dict:
             "include_input_output_embeddings": False, "untie_embedding_weights": False}
 
 
-def group_size_for(in_features: int) -> int:
-    """The int4 group the writer uses: torchao's default 128, or a smaller one for a tiny model's rows."""
-    return next(g for g in (128, 64, 32) if in_features % g == 0)
+def model_group_size(row_lengths) -> int:
+    """The one int4 group the writer uses for a whole model: torchao's default 128 where every row
+    length allows it (every real config), else 32 (tiny test models: several groups per row)."""
+    lengths = sorted(set(int(n) for n in row_lengths))
+    for group in (128, 32):
+        if all(n % group == 0 for n in lengths):
+            return group
+    raise ValueError(f"int4 needs linear layers whose row lengths are multiples of 32; got {lengths}")
 
 
-def flattened_specs(name: str, shape: tuple, fmt: str) -> dict:
+def flattened_specs(name: str, shape: tuple, fmt: str, group_size: int = 128) -> dict:
     """{tensor name: (safetensors dtype, shape)} of one quantized weight, as torchao flattens it."""
     out_features, in_features = shape
-    group_size = group_size_for(in_features)
     module, attribute = name.rsplit(".", 1)
     prefix = f"{module}._{attribute}_"
     if fmt == "int4":
@@ -230,9 +238,8 @@ def flattened_tensors(name: str, weight: Weight) -> dict[str, np.ndarray]:
             prefix + "zero_point": np.zeros((weight.shape[0], 1), np.int8)}
 
 
-def description(fmt: str, shape: tuple, original_dtype: str = "bfloat16") -> str:
+def description(fmt: str, shape: tuple, group_size: int = 128, original_dtype: str = "bfloat16") -> str:
     """The __metadata__ entry torchao writes for one quantized weight (JSON text)."""
-    group_size = group_size_for(int(shape[1]))
     torch_dtype = {"_type": "torch.dtype", "_data": original_dtype}
     if fmt == "int4":
         value = {"_type": "Int4Tensor", "_data": {"activation_dtype": {"_type": "torch.dtype", "_data": "bfloat16"},

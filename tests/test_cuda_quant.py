@@ -267,6 +267,16 @@ def test_tiny_llama_quantized_on_load_equals_numpy(model_backend, tmp_path):
     assert (weight.format, weight.mode) == ("q4_1", mode)
 
 
+def test_tiny_torchao_int4_checkpoint_equals_numpy(model_backend, tmp_path):
+    """int4 as torchao stores it: memory-mapped, its scale and zero are transposed views of the file
+    (Fortran order); the backend hands the kernels contiguous copies."""
+    name, mode = model_backend
+    model = assert_model_matches_numpy(random_checkpoint(tiny_config("llama"), tmp_path, dtype="int4"), name,
+                                       mode=mode)
+    weight = model.weights["model.layers.1.mlp.down_proj.weight"]
+    assert (weight.format, weight.mode) == ("int4", mode)
+
+
 def test_tiny_gguf_as_stored_equals_numpy(model_backend, tmp_path):
     """Every matrix in q4_0 blocks, the embedding too (its rows decoded by quant_embedding)."""
     name, mode = model_backend

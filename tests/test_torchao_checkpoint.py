@@ -179,8 +179,8 @@ def describe(**changes):
     def edit(tensors, metadata):
         description = json.loads(metadata[Q_PROJ])
         for key, value in changes.items():
-            if key == "_type":
-                description["_type"] = value
+            if key.startswith("_"):                      # the description's own keys
+                description[key] = value
             else:
                 description["_data"][key] = value
         metadata[Q_PROJ] = json.dumps(description)
@@ -207,6 +207,9 @@ def float32_scale(tensors, metadata):
     ("int4", describe(activation_dtype={"_type": "torch.dtype", "_data": "float8_e4m3fn"}), "activation_dtype"),
     ("int4", add_part, "part 'act_pre_scale'"),
     ("int4", drop_description, "without their description"),
+    ("int4", describe(_type="Int4Tensor", _tensor_data_names=5), "_tensor_data_names is not a list"),
+    ("int4", describe(_type=["Int4Tensor"]), "not an object with _type and _data"),
+    ("int4", lambda tensors, metadata: metadata.update({Q_PROJ: "[" * 100000}), "is not JSON .RecursionError."),
     ("int4", float32_scale, r"_weight_scale is F32\[2, 64\], expected BF16\[2, 64\]"),
     ("int8", describe(act_quant_kwargs={"_type": "QuantizeTensorToInt8Kwargs", "_data": {}}),
      "dynamic activation quantization"),
@@ -218,14 +221,50 @@ def test_what_minilm_cannot_read_is_refused_by_name(saved, tmp_path, fmt, edit, 
         minilm.load(folder, progress=False)
 
 
-def test_other_torchao_configs_are_refused_by_name(saved, tmp_path):
+@pytest.mark.parametrize("config_type, message", [("Float8WeightOnlyConfig", "torchao Float8WeightOnlyConfig is not "
+                                                  "supported"), (["Int4WeightOnlyConfig"], "is not a config object")])
+def test_other_torchao_configs_are_refused_by_name(saved, tmp_path, config_type, message):
     folder = shutil.copytree(saved["llama", "int4"][0], tmp_path / "float8")
     path = os.path.join(folder, "config.json")
     config = json.load(open(path))
-    config["quantization_config"]["quant_type"]["default"]["_type"] = "Float8WeightOnlyConfig"
+    config["quantization_config"]["quant_type"]["default"]["_type"] = config_type
     json.dump(config, open(path, "w"))
-    with pytest.raises(ConfigError, match="torchao Float8WeightOnlyConfig is not supported"):
+    with pytest.raises(ConfigError, match=message):
         minilm.load(folder, progress=False)
+
+
+def test_a_layer_torchao_left_in_float_loads_as_float(tmp_path):
+    """modules_to_not_convert: that layer is a plain tensor beside the others' parts (and, the list
+    given, transformers quantizes lm_head too: a quantized head loads as well)."""
+    source = tiny_checkpoint("llama", os.path.join(tmp_path, "source"))
+    skipped = "model.layers.0.self_attn.q_proj"
+    model = hf_model(source, quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig(),
+                                                                           modules_to_not_convert=[skipped]))
+    model.save_pretrained(tmp_path / "saved")
+    ours = minilm.load(str(tmp_path / "saved"), progress=False)
+    assert ours.weights[skipped + ".weight"].format == "float32"
+    assert ours.weights["model.layers.0.self_attn.k_proj.weight"].format == "int8"
+    assert ours.weights["lm_head.weight"].format == "int8"
+    np.testing.assert_allclose(ours(IDS).logits, logits_of(model), atol=1e-4, rtol=0)
+
+
+def test_a_sharded_checkpoint_with_parts_in_two_shards_loads_the_same(saved, tmp_path):
+    """transformers shards by size, so one weight's parts can land in two files; each shard carries
+    the metadata. The logits equal the single file's bit for bit."""
+    folder, _ = saved["llama", "int4"]
+    stored, metadata = read_header(os.path.join(folder, "model.safetensors"))
+    names = list(stored)
+    split = names.index("model.layers.0.mlp.down_proj._weight_scale")     # qdata before, scale after
+    sharded = shutil.copytree(folder, tmp_path / "sharded", ignore=shutil.ignore_patterns("model.safetensors"))
+    weight_map = {}
+    for i, part in enumerate((names[:split], names[split:])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        save(os.path.join(sharded, shard), {n: stored[n].read() for n in part}, metadata)
+        weight_map.update({n: shard for n in part})
+    with open(os.path.join(sharded, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    whole = minilm.load(folder, progress=False)(IDS).logits
+    assert np.array_equal(minilm.load(str(sharded), progress=False)(IDS).logits, whole)
 
 
 def test_a_nan_scale_is_refused_when_copied(saved, tmp_path):
