@@ -23,7 +23,7 @@ from .progress import progress_bar
 from .resolve import resolve_model_path
 from .safetensors_file import StoredTensor
 from .torchao_file import torchao_formats, torchao_weights
-from .weights import (check_finite, check_layer_count, checkpoint_metadata, file_identity, read_checkpoint,
+from .weights import (check_layer_count, checkpoint_metadata, file_identity, read_checked, read_checkpoint,
                       to_float32)
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
@@ -59,8 +59,7 @@ def stored_weight(stored: StoredTensor, format: str, mode: str, mmap: bool, opti
     if STORED_FORMAT[stored.dtype] == format:
         if mmap:
             return Weight(format, stored.shape, {"data": stored.map()}, mode)
-        values = stored.read()
-        check_finite(stored, values)
+        values = read_checked(stored)
         return Weight(format, values.shape, {"data": values}, mode)
     return encode(to_float32(stored, stored.read()), format, mode, **(options or {}))
 

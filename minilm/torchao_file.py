@@ -38,7 +38,7 @@ from .errors import ConfigError, WeightsError
 from .formats import Weight
 from .formats.torchao import INT4_GROUP_SIZES
 from .safetensors_file import StoredTensor
-from .weights import check_finite, to_float32
+from .weights import read_checked, to_float32
 
 SUPPORTED = {"Int4Tensor": "int4", "Int8Tensor": "int8"}
 CONFIG_TYPES = {"Int4WeightOnlyConfig": "int4", "Int8WeightOnlyConfig": "int8"}
@@ -138,8 +138,8 @@ def int4_weight(data: dict, parts: dict, shape: tuple, mmap: bool, where: str) -
     if mmap:                                      # [OUT, G] views of the stored [G, OUT]: shared, not copied
         arrays = {"codes": codes.map().view(np.uint8), "scale": scale.map().T, "zero": zero.map().T}
     else:                                         # copies, transposed to [OUT, G] row-major (the faster kernel)
-        arrays = {"codes": checked_copy(codes).view(np.uint8), "scale": np.ascontiguousarray(checked_copy(scale).T),
-                  "zero": np.ascontiguousarray(checked_copy(zero).T)}
+        arrays = {"codes": read_checked(codes).view(np.uint8), "scale": np.ascontiguousarray(read_checked(scale).T),
+                  "zero": np.ascontiguousarray(read_checked(zero).T)}
     return Weight("int4", shape, arrays, options={"group_size": group})
 
 
@@ -155,7 +155,7 @@ def int8_weight(data: dict, parts: dict, shape: tuple, mmap: bool, where: str) -
         zero = expect(parts["zero_point"], ("I8",), (out_features, 1), where)
         if zero.read().any():
             raise WeightsError(f"{where}: int8 with a nonzero zero_point is not supported (minilm's int8 is symmetric)")
-    read = (lambda stored: stored.map()) if mmap else checked_copy
+    read = (lambda stored: stored.map()) if mmap else read_checked
     values = read(scale) if scale.dtype == "F32" else widened(scale)
     return Weight("int8", shape, {"codes": read(codes), "scale": values.reshape(out_features)})
 
@@ -170,13 +170,6 @@ def expect(stored: StoredTensor, dtypes: tuple, shape: tuple, where: str) -> Sto
         raise WeightsError(f"{where}: {stored.name} is {stored.dtype}{list(stored.shape)}, expected "
                            f"{' or '.join(dtypes)}{list(shape)}")
     return stored
-
-
-def checked_copy(stored: StoredTensor) -> np.ndarray:
-    values = stored.read()
-    if stored.dtype in ("F32", "F16", "BF16"):
-        check_finite(stored, values)
-    return values
 
 
 def widened(stored: StoredTensor) -> np.ndarray:

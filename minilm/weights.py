@@ -93,6 +93,14 @@ def check_finite(stored: StoredTensor, values: np.ndarray) -> None:
         raise WeightsError(f"{stored.path}: tensor {stored.name!r} contains NaN or Inf")
 
 
+def read_checked(stored: StoredTensor) -> np.ndarray:
+    """A private copy of a tensor's values, refusing NaN and Inf in a float tensor (codes pass as read)."""
+    values = stored.read()
+    if stored.dtype in ("F32", "F16", "BF16", "F64"):
+        check_finite(stored, values)
+    return values
+
+
 def to_float32(stored: StoredTensor, values: np.ndarray) -> np.ndarray:
     """Stored values (bfloat16 as uint16 bits) widened to float32; refuses NaN and Inf."""
     check_finite(stored, values)
