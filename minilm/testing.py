@@ -132,8 +132,8 @@ def random_checkpoint(config: dict, folder, dtype: str = "float32", seed: int = 
     os.makedirs(folder, exist_ok=True)
     packed = dtype if dtype in (*BNB_FORMATS, *TORCHAO_FORMATS) else None    # codes, not floats
     float_dtype = "bfloat16" if packed else dtype
-    linear = {name: spec.shape for name, spec in specs.items() if spec.kind == "linear"}
-    group = torchao_file.model_group_size(s[1] for s in linear.values()) if dtype == "int4" else None
+    rows = [spec.shape[1] for spec in specs.values() if spec.kind == "linear"]
+    group = torchao_file.model_group_size(rows) if dtype == "int4" else None
     extra = {"quantization_config": quantization_config(dtype, group)} if packed else {}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({**config, "torch_dtype": float_dtype, "dtype": float_dtype, **extra}, f, indent=1)
@@ -182,9 +182,9 @@ def packed_tensors(name: str, weight: Weight) -> dict:
 
 
 def random_codes(rng: np.random.Generator, fmt: str, shape: tuple, std: float, group_size: int | None = None) -> Weight:
-    """Random fp4/nf4/int4/int8 codes whose weights have about this std: uniform codes, one scale for
-    all of them (no quantization pass, like random_blocks); int4's scales vary by +-25% per group, so
-    a writer that transposed them would be seen."""
+    """Random fp4/nf4/int4/int8 codes whose weights have about this std: uniform codes and no
+    quantization pass, like random_blocks. fp4/nf4/int8 share one scale; int4's vary by +-25% per
+    group, so a writer that transposed them would be seen."""
     out_features, in_features = shape
     if fmt == "int8":
         codes = rng.integers(-128, 128, size=shape, dtype=np.int8)
