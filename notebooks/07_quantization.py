@@ -419,15 +419,19 @@ for mode, want in (("exact", exact), ("fast", fast)):
 # ## Fast mode's integer dot product, instruction by instruction
 #
 # In fast mode a weight block and an activation block are 32 bytes each, and their dot product
-# is llama.cpp's AVX2 sequence: `vpmaddubsw` multiplies unsigned bytes by signed bytes and adds
-# neighbouring pairs into 16 int16 sums, `vpmaddwd` against ones adds pairs again into 8 int32
-# sums, `vcvtdq2ps` + `vfmadd` scale them by $d_w d_x$ into a float32 accumulator. `q4_1`'s codes
-# are unsigned (0..15), so they go straight into `vpmaddubsw`'s unsigned operand; signed codes
-# (`q8_0`, `q4_0`, `int8`) first go through `vpsignb`. Numba's own vectoriser never emits
-# `vpmaddubsw`, so `minilm/ops/numba_simd.py` writes each instruction as a Numba `@intrinsic`
-# that emits the LLVM intrinsic (`llvm.x86.avx2.pmadd.ub.sw`, ...). On CPUs without AVX2 the
-# same sums run as plain integer loops (`numba_quant.use_simd("portable")` forces that path;
-# `tests/test_numba_quant.py` checks the two agree).
+# is llama.cpp's instruction sequence for the CPU at hand, chosen when Numba compiles
+# (`numba_simd.SIMD_LEVEL`). With AVX2: `vpmaddubsw` multiplies unsigned bytes by signed bytes
+# and adds neighbouring pairs into 16 int16 sums, `vpmaddwd` against ones adds pairs again into 8
+# int32 sums, `vcvtdq2ps` + `vfmadd` scale them by $d_w d_x$ into a float32 accumulator. `q4_1`'s
+# codes are unsigned (0..15), so they go straight into `vpmaddubsw`'s unsigned operand; signed
+# codes (`q8_0`, `q4_0`, `int8`) first go through `vpsignb`. With AVX-512 VNNI (or AVX-VNNI) one
+# `vpdpbusd` does what `vpmaddubsw` + `vpmaddwd` do. On AArch64 the kernels use generic LLVM
+# (`llvm.vector.partial.reduce.add` of byte products), which LLVM lowers to `sdot` where the CPU
+# has the dot-product extension. Numba's own vectoriser emits none of these, so
+# `minilm/ops/numba_simd.py` writes each as a Numba `@intrinsic`; `numba_quant.use_simd("vector")`
+# and `use_simd("portable")` force the generic vectors or plain integer loops on any CPU
+# (`tests/test_numba_quant.py` checks every path against the reference, and
+# `tests/test_simd_targets.py` checks each level's instructions for CPUs other than this one).
 #
 # Below, the kernel's source and the machine code Numba compiles for it on this CPU.
 
@@ -435,23 +439,23 @@ for mode, want in (("exact", exact), ("fast", fast)):
 import re
 from numba import njit
 
-print(inspect.getsource(numba_quant_rows.fast_dot_q4_1_avx2.py_func))
+print("this CPU's level:", numba_simd.SIMD_LEVEL)
+print(inspect.getsource(numba_quant_rows.fast_dot_q4_1_simd.py_func))
 print(inspect.getsource(numba_simd.maddubs._defn))
-if numba_simd.HAS_AVX2:
-    @njit
-    def probe(blocks, xq, xds):                               # compiled afresh: cached code has no assembly
-        return numba_quant_rows.fast_dot_q4_1_avx2(blocks, 0, xq, xds, 0)
 
-    probe(quantize(np.ones((1, 64), np.float32), "q4_1").blocks, np.zeros((1, 2, 32), np.int8),
-          np.zeros((1, 2, 2), np.float32))
-    asm = probe.inspect_asm(probe.signatures[0])
-    pattern = r"\s+(vpsrlw|vinserti128|vpand|vpmaddubsw|vpmaddwd|vcvtdq2ps|vfmadd\w+|vcvtph2ps)\s"
-    block_loop = [line.strip() for line in asm.splitlines() if re.match(pattern, line)]
-    print("the block loop's SIMD instructions, in order:")
-    print("\n".join("    " + line for line in block_loop[:8]))
-    print("vpmaddubsw and vpmaddwd present:", "vpmaddubsw" in asm and "vpmaddwd" in asm)
-else:
-    print("this CPU has no AVX2: the fast kernels run their portable loops")
+
+@njit
+def probe(blocks, xq, xds, simd):                                 # compiled afresh: cached code has no assembly
+    return numba_quant_rows.fast_dot_q4_1_simd(blocks, 0, xq, xds, 0, simd)
+
+
+probe(quantize(np.ones((1, 64), np.float32), "q4_1").blocks, np.zeros((1, 2, 32), np.int8),
+      np.zeros((1, 2, 2), np.float32), numba_quant.SIMD_MARKERS["native"])
+asm = probe.inspect_asm(probe.signatures[0])
+pattern = r"\s+(vpsrlw|vinserti128|vpand|vpmaddubsw|vpmaddwd|vpdpbusd|vcvtdq2ps|vfmadd\w+|vcvtph2ps|sdot|scvtf|fmla)\s"
+block_loop = [line.strip() for line in asm.splitlines() if re.match(pattern, line)]
+print("the block loop's SIMD instructions, in order:")
+print("\n".join("    " + line for line in block_loop[:8]))
 
 # %% [markdown]
 # ## What the smaller bytes buy: a few matrices

@@ -30,6 +30,7 @@ from minilm.ops import numba_quant
 from minilm.ops.attention import attention_mask
 from minilm.ops.contract import OPS
 from minilm.ops.numba_quant_rows import exact_dot_bnb
+from minilm.ops import numba_simd
 from minilm.ops.numba_simd import HAS_AVX2, HAS_F16C, portable_half_to_float32, portable_round_to_half
 
 OPS_DIR = Path(minilm.__file__).resolve().parent / "ops"
@@ -71,7 +72,7 @@ def _threads(be, rng):
 # (8-row passes of 4-row groups and a leftover row; 6-row tiles and one leftover row).
 QUANTIZED = ("q8_0", "q4_0", "q4_1", "int8", "int4", "fp4", "nf4")
 FAST = ("q8_0", "q4_0", "q4_1", "int8", "int4")                        # fp4 and nf4 have no fast mode
-SIMD = ("avx2", "portable") if HAS_AVX2 else ("portable",)            # fast mode's integer dot products
+SIMD = ("native", "vector", "portable")              # fast mode's integer dot products (numba_simd)
 OPTIONS = {"int4": {"group_size": 32}}
 
 
@@ -266,20 +267,25 @@ def test_every_op_of_the_numba_backend_has_a_case():
     assert {name.split()[0] for name in CASES} | {"asarray", "to_numpy"} >= set(OPS)
 
 
-# Kernels only the AVX2 path calls: a CPU without AVX2 cannot compile them, so no case runs them there.
-AVX2_ONLY = {"numba_quant_rows.exact_dot_bnb_avx2", "numba_quant_rows.fast_dot4_avx2", "numba_quant_rows.pair_fma",
-             "numba_quant_rows.signed_isum", "numba_quant_rows.block_operands_ggml",
-             "numba_quant_rows.block_operands_int8", "numba_quant_rows.block_operands_int4",
-             "numba_quant_rows.fast_dot_ggml_avx2", "numba_quant_rows.fast_dot_q8_0_avx2",
-             "numba_quant_rows.fast_dot_q4_0_avx2", "numba_quant_rows.fast_dot_q4_1_avx2",
-             "numba_quant_rows.fast_dot_int8_avx2", "numba_quant_rows.fast_dot_int4_avx2"}
+def level_kernels(level: str) -> set:
+    """The njit functions of one SIMD level's block dot products (numba_simd.BLOCK_DOTS)."""
+    dot = numba_simd.BLOCK_DOTS[level]
+    functions = (dot.signed, dot.unsigned, dot.operands_signed, dot.operands_unsigned, dot.pair)
+    return {f"numba_simd.{f.__name__}" for f in functions}
+
+
+# Kernels only another CPU runs: bnb's vpermps lookups need AVX2; each SIMD level's block dot
+# products run on their own CPUs (here: the native level and the generic vectors).
+AVX2_ONLY = {"numba_quant_rows.exact_dot_bnb_avx2"}
+OTHER_LEVELS = set().union(*map(level_kernels, numba_simd.BLOCK_DOTS)) - level_kernels(numba_simd.SIMD_LEVEL) \
+    - level_kernels("vector")
 
 
 def test_every_njit_kernel_ran_as_python(interpreted):
     kernels = njit_functions()
     assert "numba_attention.probs_row" in kernels and "numba_math.exp_f32" in kernels   # the AST scan works
-    assert AVX2_ONLY <= kernels, f"AVX2_ONLY names no kernel: {sorted(AVX2_ONLY - kernels)}"
-    missing = kernels - set(interpreted["__called__"]) - (set() if HAS_AVX2 else AVX2_ONLY)
+    assert AVX2_ONLY | OTHER_LEVELS <= kernels, f"names no kernel: {sorted(AVX2_ONLY | OTHER_LEVELS - kernels)}"
+    missing = kernels - set(interpreted["__called__"]) - (set() if HAS_AVX2 else AVX2_ONLY) - OTHER_LEVELS
     assert not missing, f"kernels no case ran with NUMBA_DISABLE_JIT=1: {sorted(missing)}"
 
 

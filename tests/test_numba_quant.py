@@ -11,7 +11,7 @@ float32 rounding of the sum, about sqrt(IN) * 2^-24 times the size of the
 terms. Comparing |got - want| <= 1e-4 * max(1, max |want|) bounds that with
 room to spare while any wrong code, scale or block (errors of the order of
 the output itself) fails it. Integer parts of fast mode are exact, so the
-AVX2 and portable paths agree to 1e-5 of the output scale.
+SIMD paths (native, generic vectors, plain loops) agree to 1e-5 of the output scale.
 """
 import numpy as np
 import pytest
@@ -81,19 +81,23 @@ def test_embedding_gathers_decoded_rows(weights, fmt):
         NQ.EMBEDDING[fmt](np.array([61]), weight, out[:1])
 
 
-@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU: the portable path is the only one")
+@pytest.mark.parametrize("path", ["vector", "portable"])
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "int8", "int4"])
 @pytest.mark.parametrize("n", [1, 37])
-def test_portable_fallback_equals_avx2(weights, fmt, n):
+def test_every_simd_path_here_equals_reference(weights, fmt, n, path):
+    """The generic LLVM vectors (what AArch64 and other CPUs compile) and the plain loops run here
+    too, on the same inputs: each equals the NumPy reference, and the native path's integer sums."""
     weight = weights[(fmt, "fast")]
     x2 = np.random.default_rng(2).standard_normal((n, 192)).astype(np.float32)
-    avx2 = run(x2, weight, NO_BIAS)
-    previous = NQ.use_simd("portable")
+    native = run(x2, weight, NO_BIAS)
+    previous = NQ.use_simd(path)
     try:
-        portable = run(x2, weight, NO_BIAS)
+        got = run(x2, weight, NO_BIAS)
+        assert NQ.kernel_path() == path
     finally:
         NQ.use_simd(previous)
-    assert previous == "avx2" and close(portable, avx2, tol=1e-5)
+    assert previous == "native" and NQ.kernel_path() == numba_simd.SIMD_LEVEL
+    assert close(got, reference(x2, weight, NO_BIAS)) and close(got, native, tol=1e-5)
 
 
 @pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU: the portable path is the only one")
@@ -112,17 +116,18 @@ def test_bnb_table_loads_equal_vpermps_lookups(weights, fmt):
     assert close(out[0], out[1], tol=1e-5)
 
 
-@pytest.mark.skipif(not numba_simd.HAS_AVX2, reason="no AVX2 on this CPU")
+@pytest.mark.skipif(numba_simd.SIMD_LEVEL != "avx2", reason="the native level here is not AVX2 "
+                    "(test_simd_targets.py checks every level's instructions on any host)")
 def test_fast_kernels_emit_llama_cpp_instructions():
     """Compiled afresh (cached code cannot be inspected): the q8_0 x q8_0 block loop."""
     from numba import njit
-    from minilm.ops.numba_quant_rows import fast_dot_q4_1_avx2, fast_dot_q8_0_avx2
+    from minilm.ops.numba_quant_rows import fast_dot_q4_1_simd, fast_dot_q8_0_simd
 
     @njit
-    def probe(blocks, xq, xds):
-        return fast_dot_q8_0_avx2(blocks, 0, xq, xds, 0) + fast_dot_q4_1_avx2(blocks, 0, xq, xds, 0)
+    def probe(blocks, xq, xds, simd):
+        return fast_dot_q8_0_simd(blocks, 0, xq, xds, 0, simd) + fast_dot_q4_1_simd(blocks, 0, xq, xds, 0, simd)
     weight = quantize(np.ones((1, 64), np.float32), "q8_0")
-    probe(weight.blocks, np.zeros((1, 2, 32), np.int8), np.zeros((1, 2, 2), np.float32))
+    probe(weight.blocks, np.zeros((1, 2, 32), np.int8), np.zeros((1, 2, 2), np.float32), NQ.SIMD_MARKERS["native"])
     asm = probe.inspect_asm(probe.signatures[0])
     for instruction in ("vpsignb", "vpmaddubsw", "vpmaddwd", "vcvtdq2ps", "vfmadd", "vcvtph2ps"):
         assert instruction in asm, instruction

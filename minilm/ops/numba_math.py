@@ -32,6 +32,14 @@ def python_when_jit_disabled(python_version):
     return choose
 
 
+def as_python(choose):
+    """The Python twin of an @overload stub whose choose(*arguments) picks an implementation from the
+    argument types: call what choose picks for these values (dtypes and ranks read the same on both)."""
+    def run_chosen(*args):
+        return choose(*args)(*args)
+    return run_chosen
+
+
 def _bf16_bits_to_float32_python(bits):
     return (np.uint32(bits) << np.uint32(16)).view(np.float32)
 

@@ -13,9 +13,10 @@ build a float32 copy of a matrix:
   fast   the activations are quantized once per call to int8 blocks of 32
          (llama.cpp's block_q8_1) and every block pair is an integer dot
          product, then one float multiply-add per block: llama.cpp's
-         arithmetic and its AVX2 instruction sequence (vpsignb, vpmaddubsw,
-         vpmaddwd; numba_simd.py). CPUs without AVX2 run the same sums in plain
-         loops (`use_simd("portable")` forces that path, for tests).
+         arithmetic and its instruction sequence for the CPU at hand, chosen
+         when compiling (numba_simd.SIMD_LEVEL: vpdpbusd with AVX-512 VNNI,
+         vpmaddubsw with AVX2, sdot on AArch64). `use_simd("vector")` forces
+         the generic LLVM vectors and `use_simd("portable")` plain loops (tests).
 
 Decode (N <= 8 rows of x) is a GEMV: threads split the weight rows (prange)
 and each row is streamed once. Prefill (N > 8) is compute-bound: in exact
@@ -53,7 +54,7 @@ from ..formats.bnb import TABLES
 from .numba_linear import BLOCK_O, GEMV_MAX_ROWS, TILE_N, TILE_O, dot, matmul_tile
 from .numba_math import FASTMATH
 from .numba_quant_rows import decode_row, exact_dot, fast_dot, fast_dot4, in_features
-from .numba_simd import HAS_AVX2, round_to_half
+from .numba_simd import MARKER_DTYPES, SIMD_LEVEL, round_to_half
 
 QK = 32
 ROWS_X = 8           # fast prefill: activation rows a job pairs with its weight rows at a time (L1-sized)
@@ -182,23 +183,27 @@ def embedding_rows(ids, w, out):
         decode_row(w, ids[n], out, n)
 
 
-# --- fast mode's activation buffer and the AVX2 / portable choice --------------------------------
+# --- fast mode's activation buffer and the instruction-set choice --------------------------------
 
-SIMD_MARKERS = {"avx2": np.zeros(0, dtype=np.uint8), "portable": np.zeros(0, dtype=np.int8)}
-SIMD = [SIMD_MARKERS["avx2" if HAS_AVX2 else "portable"]]          # the marker the fast kernels get
+SIMD_MARKERS = {name: np.zeros(0, dtype=dtype) for name, dtype in MARKER_DTYPES.items()}
+SIMD = [SIMD_MARKERS["native"]]                                  # the marker the fast kernels get
 ACTIVATIONS = [np.zeros((GEMV_MAX_ROWS, 64, QK), dtype=np.int8), np.zeros((GEMV_MAX_ROWS, 64, 2), dtype=np.float32)]
 
 
 def use_simd(name: str) -> str:
-    """Choose the fast kernels' integer dot products: "avx2" (the intrinsics) or "portable" (plain
-    loops, what CPUs without AVX2 run). Returns the previous choice."""
+    """Choose the fast kernels' integer dot products: "native" (this CPU's level, SIMD_LEVEL),
+    "vector" (generic LLVM vectors) or "portable" (plain loops). Returns the previous choice."""
     if name not in SIMD_MARKERS:
-        raise ValueError(f"use_simd({name!r}): choose 'avx2' or 'portable'")
-    if name == "avx2" and not HAS_AVX2:
-        raise UnsupportedFormatError("use_simd('avx2'): this CPU (as Numba targets it) has no AVX2")
-    previous = "avx2" if SIMD[0] is SIMD_MARKERS["avx2"] else "portable"
+        raise ValueError(f"use_simd({name!r}): choose one of {', '.join(map(repr, SIMD_MARKERS))}")
+    previous = next(n for n, marker in SIMD_MARKERS.items() if SIMD[0] is marker)
     SIMD[0] = SIMD_MARKERS[name]
     return previous
+
+
+def kernel_path() -> str:
+    """What the fast kernels run now, in words: 'avx2', 'avx512-vnni', 'neon-dotprod', 'vector', 'portable'."""
+    name = next(n for n, marker in SIMD_MARKERS.items() if SIMD[0] is marker)
+    return SIMD_LEVEL if name == "native" else name
 
 
 def activation_buffers(rows: int, blocks: int):

@@ -20,7 +20,9 @@ when compiling, from HAS_AVX2) and with plain table loads elsewhere.
 Fast-mode activations (numba_quant.quantize_activation_row): xq int8 [N, IN/32, 32]
 codes and xds float32 [N, IN/32, 2] = (d, s) per block, llama.cpp's block_q8_1 with
 float32 d and s. `simd` is a marker array whose dtype picks, at compile time,
-the AVX2 intrinsics (uint8 marker) or plain loops for any CPU (int8 marker).
+the block dot products of the CPU's instruction set (uint8: numba_simd.SIMD_LEVEL,
+AVX-512 VNNI, AVX2 or NEON), generic LLVM vectors (int16: what a CPU without a
+named level gets) or plain loops (int8).
 
 Inner loops over the 32 codes of a block take their length from an array's
 shape at run time: with a literal range(32) LLVM unrolls the loop completely
@@ -33,16 +35,15 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from .numba_math import FASTMATH, bf16_bits_to_float32, python_when_jit_disabled
-from .numba_simd import (HAS_AVX2, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, load_f32x8, load_half, load_i8x16,
-                         load_i8x32, lookup16, madd_ones, maddubs, nibbles, nibbles_high_first, nibbles_interleaved,
-                         ones_i8x32, scale, scale_add, sign_i8x32, store_f32x8, sum_f32x8, widen_i8, widen_u8,
-                         xor_i8x32, zeros_f32x8)
+from .numba_math import FASTMATH, as_python, bf16_bits_to_float32, python_when_jit_disabled
+from .numba_simd import (CHOOSE, HAS_AVX2, MARKER_DTYPES, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, isum_operands,
+                         isum_signed, isum_unsigned, load_f32x8, load_half, load_i8x16, load_i8x32, lookup16,
+                         nibbles, nibbles_high_first, nibbles_interleaved, operands_signed, operands_unsigned, scale,
+                         scale_add, store_f32x8, sum_f32x8, widen_i8, widen_u8, xor_i8x32, zeros_f32x8)
 
 QK = 32
 JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
 LOOPS = dict(error_model="numpy", fastmath=FASTMATH, cache=True)    # plain loops: LLVM inlines them when it pays
-CHOOSE = dict(jit_options=dict(error_model="numpy", fastmath=FASTMATH), inline="always")   # the overloads below
 
 
 # --- ggml: q8_0, q4_0, q4_1 ------------------------------------------------------------
@@ -108,52 +109,45 @@ def decode_row_ggml(w, o, dst, r):
 
 
 @njit(**JIT)
-def signed_isum(a, b):
-    """sum_j a[j] * b[j] over 32 signed bytes, as 8 int32 lanes (llama.cpp's mul_sum_i8_pairs):
-    vpsignb makes a unsigned (|a|) and moves a's sign onto b, then vpmaddubsw, vpmaddwd."""
-    return madd_ones(maddubs(sign_i8x32(a, a), sign_i8x32(b, a)))
-
-
-@njit(**JIT)
-def fast_dot_q8_0_avx2(blocks, o, xq, xds, n):
+def fast_dot_q8_0_simd(blocks, o, xq, xds, n, simd):
     acc = zeros_f32x8()
     for b in range(blocks.shape[1]):
-        isum = signed_isum(load_i8x32(blocks, (o, b, 2)), load_i8x32(xq, (n, b, 0)))
+        isum = isum_signed(load_i8x32(blocks, (o, b, 2)), load_i8x32(xq, (n, b, 0)), simd)
         acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
     return sum_f32x8(acc)
 
 
 @njit(**JIT)
-def fast_dot_q4_0_avx2(blocks, o, xq, xds, n):
+def fast_dot_q4_0_simd(blocks, o, xq, xds, n, simd):
     acc = zeros_f32x8()
     for b in range(blocks.shape[1]):
         codes = add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8)       # n - 8: signed -8..7
-        isum = signed_isum(codes, load_i8x32(xq, (n, b, 0)))
+        isum = isum_signed(codes, load_i8x32(xq, (n, b, 0)), simd)
         acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
     return sum_f32x8(acc)
 
 
 @njit(**JIT)
-def fast_dot_q4_1_avx2(blocks, o, xq, xds, n):
+def fast_dot_q4_1_simd(blocks, o, xq, xds, n, simd):
     acc = zeros_f32x8()
     mins = np.float32(0.0)
     for b in range(blocks.shape[1]):
         codes = nibbles(load_i8x16(blocks, (o, b, 4)))                       # n: unsigned 0..15, no sign trick
-        isum = madd_ones(maddubs(codes, load_i8x32(xq, (n, b, 0))))
+        isum = isum_unsigned(codes, load_i8x32(xq, (n, b, 0)), simd)
         acc = fma_i32x8(acc, isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0])
         mins += load_half(blocks, (o, b, 2)) * xds[n, b, 1]                # m * s = m * d_x * sum q
     return sum_f32x8(acc) + mins
 
 
 @njit(**JIT)
-def fast_dot_ggml_avx2(w, o, xq, xds, n):
+def fast_dot_ggml_simd(w, o, xq, xds, n, simd):
     blocks = w[0]
     kind = blocks.shape[2]
     if kind == 20:
-        return fast_dot_q4_1_avx2(blocks, o, xq, xds, n)
+        return fast_dot_q4_1_simd(blocks, o, xq, xds, n, simd)
     if kind == 18:
-        return fast_dot_q4_0_avx2(blocks, o, xq, xds, n)
-    return fast_dot_q8_0_avx2(blocks, o, xq, xds, n)
+        return fast_dot_q4_0_simd(blocks, o, xq, xds, n, simd)
+    return fast_dot_q8_0_simd(blocks, o, xq, xds, n, simd)
 
 
 @njit(**LOOPS)
@@ -199,12 +193,12 @@ def decode_row_int8(w, o, dst, r):
 
 
 @njit(**JIT)
-def fast_dot_int8_avx2(w, o, xq, xds, n):
+def fast_dot_int8_simd(w, o, xq, xds, n, simd):
     codes, row_scale = w
     acc = zeros_f32x8()
     for b in range(codes.shape[1] // QK):
         # a code of -128 works: vpsignb gives |-128| = 0x80, which vpmaddubsw reads as unsigned 128
-        isum = signed_isum(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)))
+        isum = isum_signed(load_i8x32(codes, (o, b * QK)), load_i8x32(xq, (n, b, 0)), simd)
         acc = fma_i32x8(acc, isum, xds[n, b, 0])
     return sum_f32x8(acc) * row_scale[o]
 
@@ -277,7 +271,7 @@ def decode_row_int4(w, o, dst, r):
 
 
 @njit(**JIT)
-def fast_dot_int4_avx2(w, o, xq, xds, n):
+def fast_dot_int4_simd(w, o, xq, xds, n, simd):
     """As q4_1: w = d * u + m with u = q + 8 (0..15), d = scale, m = zero - 8 * scale.
     One loop over the blocks (from 0, so indexing xds needs no negative-index fix-up);
     a countdown says when the next group, with its d and m, starts."""
@@ -292,7 +286,7 @@ def fast_dot_int4_avx2(w, o, xq, xds, n):
             m = bf16_bits_to_float32(group_zero[o, g]) - np.float32(8.0) * d
             g, left = g + 1, per_group
         left -= 1
-        isum = madd_ones(maddubs(int4_unsigned(codes, o, b), load_i8x32(xq, (n, b, 0))))
+        isum = isum_unsigned(int4_unsigned(codes, o, b), load_i8x32(xq, (n, b, 0)), simd)
         acc = fma_i32x8(acc, isum, d * xds[n, b, 0])
         mins += m * xds[n, b, 1]
     return sum_f32x8(acc) + mins
@@ -369,54 +363,57 @@ def decode_row_bnb(w, o, dst, r):
 # --- fast prefill: one weight block against 4 activation rows ---------------------------------------
 #
 # In prefill the same weight block meets many activation rows, so it is unpacked
-# once and used 4 times. Every format gives its block as vpmaddubsw operands:
-# w_j * x_j = u_j * sign(x_j, v_j) with u unsigned (|w| for signed codes, v = w;
-# the codes themselves for unsigned ones, v = 1), plus the block's d and m.
+# once and used 4 times. Every format gives its block as the operands (u, v) of
+# numba_simd.isum_operands (on x86: |w| and w's sign for signed codes, the codes
+# and ones for unsigned ones), plus the block's d and m.
 
 @njit(**JIT)
-def block_operands_ggml(w, o, b):
+def block_operands_ggml(w, o, b, simd):
     blocks = w[0]
     kind = blocks.shape[2]
     d = load_half(blocks, (o, b, 0))
     if kind == 20:
-        return nibbles(load_i8x16(blocks, (o, b, 4))), ones_i8x32(), d, load_half(blocks, (o, b, 2))
+        u, v = operands_unsigned(nibbles(load_i8x16(blocks, (o, b, 4))), simd)
+        return u, v, d, load_half(blocks, (o, b, 2))
     codes = add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8) if kind == 18 else load_i8x32(blocks, (o, b, 2))
-    return sign_i8x32(codes, codes), codes, d, np.float32(0.0)
+    u, v = operands_signed(codes, simd)
+    return u, v, d, np.float32(0.0)
 
 
 @njit(**JIT)
-def block_operands_int8(w, o, b):
+def block_operands_int8(w, o, b, simd):
     codes, row_scale = w
-    c = load_i8x32(codes, (o, b * QK))
-    return sign_i8x32(c, c), c, row_scale[o], np.float32(0.0)
+    u, v = operands_signed(load_i8x32(codes, (o, b * QK)), simd)
+    return u, v, row_scale[o], np.float32(0.0)
 
 
 @njit(**JIT)
-def block_operands_int4(w, o, b):
+def block_operands_int4(w, o, b, simd):
     codes, group_scale, group_zero = w
     g = b // (codes.shape[1] // (QK // 2) // group_scale.shape[1])          # prefill: once per 4 rows
     d, z = bf16_bits_to_float32(group_scale[o, g]), bf16_bits_to_float32(group_zero[o, g])
-    return int4_unsigned(codes, o, b), ones_i8x32(), d, z - np.float32(8.0) * d
+    u, v = operands_unsigned(int4_unsigned(codes, o, b), simd)
+    return u, v, d, z - np.float32(8.0) * d
 
 
 @njit(**JIT)
-def pair_fma(u, v, xq, xds, n, b, d, acc):
+def pair_fma(u, v, xq, xds, n, b, d, acc, simd):
     """acc + (w . x over block b of activation row n) * d * d_x, the w block given as (u, v)."""
-    isum = madd_ones(maddubs(u, sign_i8x32(load_i8x32(xq, (n, b, 0)), v)))
+    isum = isum_operands(u, v, load_i8x32(xq, (n, b, 0)), simd)
     return fma_i32x8(acc, isum, d * xds[n, b, 0])
 
 
 @njit(**JIT)
-def fast_dot4_avx2(w, o, xq, xds, n):
+def fast_dot4_simd(w, o, xq, xds, n, simd):
     """Weight row o times activation rows n .. n+3: 4 dot products."""
     a0 = a1 = a2 = a3 = zeros_f32x8()
     m0 = m1 = m2 = m3 = np.float32(0.0)
     for b in range(in_features(w) // QK):
-        u, v, d, m = block_operands(w, o, b)
-        a0 = pair_fma(u, v, xq, xds, n, b, d, a0)
-        a1 = pair_fma(u, v, xq, xds, n + 1, b, d, a1)
-        a2 = pair_fma(u, v, xq, xds, n + 2, b, d, a2)
-        a3 = pair_fma(u, v, xq, xds, n + 3, b, d, a3)
+        u, v, d, m = block_operands(w, o, b, simd)
+        a0 = pair_fma(u, v, xq, xds, n, b, d, a0, simd)
+        a1 = pair_fma(u, v, xq, xds, n + 1, b, d, a1, simd)
+        a2 = pair_fma(u, v, xq, xds, n + 2, b, d, a2, simd)
+        a3 = pair_fma(u, v, xq, xds, n + 3, b, d, a3, simd)
         m0 += m * xds[n, b, 1]
         m1 += m * xds[n + 1, b, 1]
         m2 += m * xds[n + 2, b, 1]
@@ -426,7 +423,7 @@ def fast_dot4_avx2(w, o, xq, xds, n):
 
 @njit(**JIT)
 def fast_dot4_portable(w, o, xq, xds, n, simd):
-    """The same 4 dot products one row at a time (CPUs without AVX2)."""
+    """The same 4 dot products one row at a time, in plain loops."""
     return (fast_dot(w, o, xq, xds, n, simd), fast_dot(w, o, xq, xds, n + 1, simd),
             fast_dot(w, o, xq, xds, n + 2, simd), fast_dot(w, o, xq, xds, n + 3, simd))
 
@@ -450,16 +447,10 @@ def family(w) -> str:
     return families[kinds]
 
 
-def avx2_marker(simd) -> bool:
-    """The fast kernels' marker array (numba_quant.SIMD): uint8 picks the AVX2 intrinsics, int8 plain loops."""
-    return str(simd.dtype) == "uint8"
-
-
-def as_python(choose):
-    """The Python twin of an overload stub: call what choose(*arguments) picks for these values."""
-    def run_chosen(*args):
-        return choose(*args)(*args)
-    return run_chosen
+def vector_marker(simd) -> bool:
+    """The fast kernels' marker array (numba_quant.SIMD): True for SIMD vectors (the native level or
+    generic LLVM vectors, numba_simd.marker_level), False for the plain loops."""
+    return str(simd.dtype) != MARKER_DTYPES["portable"]
 
 
 def choose_in_features(w):
@@ -504,11 +495,12 @@ overload(decode_row, **CHOOSE)(choose_decode_row)
 
 
 def choose_fast_dot(w, o, xq, xds, n, simd):
-    impls = {"ggml": (fast_dot_ggml_portable, fast_dot_ggml_avx2),
-             "int8": (fast_dot_int8_portable, fast_dot_int8_avx2),
-             "int4": (fast_dot_int4_portable, fast_dot_int4_avx2)}
-    impl = impls[family(w)][avx2_marker(simd)]                    # the marker's dtype: chosen when compiling
-    return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)
+    if not vector_marker(simd):                                   # the marker's dtype: chosen when compiling
+        impl = {"ggml": fast_dot_ggml_portable, "int8": fast_dot_int8_portable,
+                "int4": fast_dot_int4_portable}[family(w)]
+        return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)
+    impl = {"ggml": fast_dot_ggml_simd, "int8": fast_dot_int8_simd, "int4": fast_dot_int4_simd}[family(w)]
+    return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n, simd)
 
 
 @python_when_jit_disabled(as_python(choose_fast_dot))
@@ -519,13 +511,13 @@ def fast_dot(w, o, xq, xds, n, simd):
 overload(fast_dot, **CHOOSE)(choose_fast_dot)
 
 
-def choose_block_operands(w, o, b):
+def choose_block_operands(w, o, b, simd):
     impl = {"ggml": block_operands_ggml, "int8": block_operands_int8, "int4": block_operands_int4}[family(w)]
-    return lambda w, o, b: impl(w, o, b)
+    return lambda w, o, b, simd: impl(w, o, b, simd)
 
 
 @python_when_jit_disabled(as_python(choose_block_operands))
-def block_operands(w, o, b):
+def block_operands(w, o, b, simd):
     """Block b of weight row o as (u, v, d, m) (any fast format)."""
 
 
@@ -533,8 +525,8 @@ overload(block_operands, **CHOOSE)(choose_block_operands)
 
 
 def choose_fast_dot4(w, o, xq, xds, n, simd):
-    if avx2_marker(simd):
-        return lambda w, o, xq, xds, n, simd: fast_dot4_avx2(w, o, xq, xds, n)
+    if vector_marker(simd):
+        return lambda w, o, xq, xds, n, simd: fast_dot4_simd(w, o, xq, xds, n, simd)
     return lambda w, o, xq, xds, n, simd: fast_dot4_portable(w, o, xq, xds, n, simd)
 
 

@@ -40,9 +40,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
-from .numba_math import int32_bits_to_float32, python_when_jit_disabled
+from .numba_math import FASTMATH, as_python, int32_bits_to_float32, python_when_jit_disabled
 
 
 def target_features() -> dict:
@@ -51,8 +51,30 @@ def target_features() -> dict:
     return {f[1:]: f[0] == "+" for f in str(flat).split(",") if f[:1] in "+-" and len(f) > 1}
 
 
+def target_arch() -> str:
+    """The architecture Numba compiles for: 'x86_64', 'aarch64', ... (the process's LLVM triple)."""
+    from llvmlite import binding
+    arch = binding.get_process_triple().split("-")[0]
+    return "aarch64" if arch == "arm64" else arch                # macOS calls it arm64
+
+
+def simd_level(features: dict, arch: str) -> str:
+    """The instruction set the fast kernels' integer dot products compile to (see BLOCK_DOTS)."""
+    if arch == "x86_64":
+        if features.get("avx512vnni") and features.get("avx512vl"):
+            return "avx512-vnni"
+        if features.get("avxvnni"):
+            return "avx-vnni"
+        if features.get("avx2"):
+            return "avx2"
+    if arch == "aarch64":
+        return "neon-dotprod" if features.get("dotprod") else "neon"
+    return "vector"
+
+
 HAS_AVX2 = target_features().get("avx2", False)
 HAS_F16C = target_features().get("f16c", False)
+SIMD_LEVEL = simd_level(target_features(), target_arch())        # chosen once, for the CPU Numba targets
 
 
 # --- vector types ----------------------------------------------------------------
@@ -226,6 +248,32 @@ def ones_i8x32(typingctx):
     return I8x32(), codegen
 
 
+def _eights_i8x32_python():
+    return np.full(32, 8, dtype=np.int8)
+
+
+@python_when_jit_disabled(_eights_i8x32_python)
+@intrinsic
+def eights_i8x32(typingctx):
+    """32 bytes of 8."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(I8x32.llvm, [8] * 32)
+    return I8x32(), codegen
+
+
+def _zeros_i8x32_python():
+    return np.zeros(32, dtype=np.int8)
+
+
+@python_when_jit_disabled(_zeros_i8x32_python)
+@intrinsic
+def zeros_i8x32(typingctx):
+    """32 bytes of 0."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(I8x32.llvm, [0] * 32)
+    return I8x32(), codegen
+
+
 def _add_i8x32_python(v, c):
     return (v.view(np.uint8) + np.uint8(int(c) & 0xFF)).view(np.int8)        # wraps like the bytes do
 
@@ -271,7 +319,7 @@ def nibbles_high_first(typingctx, array, index):
     return I32x8(array, index), codegen
 
 
-# --- the AVX2 integer dot product (llama.cpp's sequence) ----------------------------
+# --- x86 instructions of the integer dot product (llama.cpp's sequences) -----------------
 
 def _sign_i8x32_python(a, b):
     return np.where(b < 0, -a, np.where(b == 0, np.int8(0), a)).astype(np.int8)    # -(-128) wraps to -128
@@ -315,6 +363,64 @@ def madd_ones(typingctx, v):
         ones = ir.Constant(I16x16.llvm, [1] * 16)
         return call(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm, args[0], ones)
     return I32x8(I16x16), codegen
+
+
+def _sums_of_four_python(u, s, u_signed=False):
+    p = u.view(np.int8 if u_signed else np.uint8).astype(np.int32) * s.view(np.int8).astype(np.int32)
+    return p.reshape(8, 4).sum(axis=1).astype(np.int32)
+
+
+@python_when_jit_disabled(_sums_of_four_python)
+@intrinsic
+def dpbusd(typingctx, u, s):
+    """vpdpbusd (AVX512-VNNI with VL, or AVX-VNNI): out[k] = u[4k]*s[4k] + ... + u[4k+3]*s[4k+3],
+    u unsigned and s signed bytes, in int32 without saturation: vpmaddubsw and vpmaddwd in one.
+    Only for CPUs that have it (SIMD_LEVEL): LLVM cannot lower it for any other."""
+    def codegen(context, builder, signature, args):
+        zero = ir.Constant(I32x8.llvm, [0] * 8)
+        u, s = (builder.bitcast(a, I32x8.llvm) for a in args)
+        return call(builder, "llvm.x86.avx512.vpdpbusd.256", I32x8.llvm, zero, u, s)
+    return I32x8(I8x32, I8x32), codegen
+
+
+# --- the same sums in generic LLVM, for every other CPU -----------------------------------
+
+def partial_dot(builder, acc, a, b):
+    """acc + a . b: 32 signed byte products (sext, mul) added into the 8 int32 lanes of acc by
+    llvm.vector.partial.reduce.add, which leaves to the backend which products go to which lane."""
+    wide = ir.VectorType(I32, 32)
+    products = builder.mul(builder.sext(a, wide), builder.sext(b, wide))
+    return call(builder, "llvm.vector.partial.reduce.add.v8i32.v32i32", I32x8.llvm, acc, products)
+
+
+def _vector_isum_python(a, b):
+    return _sums_of_four_python(a, b, u_signed=True)
+
+
+@python_when_jit_disabled(_vector_isum_python)
+@intrinsic
+def vector_isum(typingctx, a, b):
+    """a . b for 32 signed bytes into 8 int32 lanes, in generic LLVM (partial_dot), so the backend
+    picks each CPU's instructions: AArch64 with the dot-product extension gets sdot (two per block),
+    plain NEON smull/sadalp, x86 without AVX2 pmaddwd. Only the lanes' total is defined, and that
+    is all the kernels use (the twin adds groups of 4, as sdot does)."""
+    def codegen(context, builder, signature, args):
+        return partial_dot(builder, ir.Constant(I32x8.llvm, [0] * 8), args[0], args[1])
+    return I32x8(I8x32, I8x32), codegen
+
+
+def _vector_isum_pair_python(u, v, b):
+    return _sums_of_four_python(u, b, u_signed=True) + _sums_of_four_python(v, b, u_signed=True)
+
+
+@python_when_jit_disabled(_vector_isum_pair_python)
+@intrinsic
+def vector_isum_pair(typingctx, u, v, b):
+    """u . b + v . b (signed bytes), two partial_dots into one set of lanes."""
+    def codegen(context, builder, signature, args):
+        u, v, b = args
+        return partial_dot(builder, partial_dot(builder, ir.Constant(I32x8.llvm, [0] * 8), v, b), u, b)
+    return I32x8(I8x32, I8x32, I8x32), codegen
 
 
 def _lookup16_python(low, high, codes):
@@ -549,3 +655,176 @@ else:
 def load_half(array, index):
     """The fp16 stored at array[index] (a byte array) as float32."""
     return half_to_float32(load_u16(array, index))
+
+
+# --- the integer dot product of a block, per instruction set --------------------------------------
+#
+# A fast kernel multiplies a block of 32 int8 weight codes by 32 int8 activation codes and wants the
+# sum; every level below returns it as 8 int32 lanes whose total is that sum. The level is chosen
+# when compiling, from the CPU Numba targets (SIMD_LEVEL), or forced by the kernels' marker array:
+#
+#   level                 instructions per block                       as in llama.cpp
+#   avx512-vnni, avx-vnni vpsignb x2, vpdpbusd (256-bit)               __AVX512VNNI__ && __AVX512VL__, __AVXVNNI__
+#   avx2                  vpsignb x2, vpmaddubsw, vpmaddwd             mul_sum_i8_pairs_float
+#   neon-dotprod, neon,   sext, mul, llvm.vector.partial.reduce.add:   ggml_vdotq_s32 (sdot)
+#   vector                LLVM lowers it: sdot x2 with the AArch64 dot-product extension,
+#                         smull + sadalp on plain NEON, pmaddwd on x86 without AVX2
+#
+# x86 multiplies unsigned by signed bytes, so signed weight codes go in as |w| with w's sign moved
+# onto the activations (vpsignb); codes 0..15 (q4_1, int4) go in as they are. For prefill, where
+# one weight block meets 4 activation rows, `operands_*` prepare the weight side once and
+# `isum_operands` finishes each row: (u, v) = (|w|, w) or (w, ones) on x86; elsewhere the sum is
+# u . x + v . x with (u, v) = (w, 0) or (w - 8, 8) (see isum_unsigned_vector).
+
+JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
+CHOOSE = dict(jit_options=dict(error_model="numpy", fastmath=FASTMATH), inline="always")
+
+
+@njit(**JIT)
+def isum_signed_avx2(a, b):
+    return madd_ones(maddubs(sign_i8x32(a, a), sign_i8x32(b, a)))
+
+
+@njit(**JIT)
+def isum_signed_vnni(a, b):
+    return dpbusd(sign_i8x32(a, a), sign_i8x32(b, a))
+
+
+@njit(**JIT)
+def isum_unsigned_avx2(u, b):
+    return madd_ones(maddubs(u, b))
+
+
+@njit(**JIT)
+def isum_unsigned_vnni(u, b):
+    return dpbusd(u, b)
+
+
+@njit(**JIT)
+def isum_unsigned_vector(u, b):
+    """u . b as (u - 8) . b + 8 . b: LLVM knows codes 0..15 are not negative and would multiply them
+    as unsigned bytes, which AArch64 does in one instruction only with the i8mm extension (usdot);
+    codes - 8 are signed, so both halves stay sdot."""
+    return vector_isum_pair(add_i8x32(u, -8), eights_i8x32(), b)
+
+
+@njit(**JIT)
+def operands_signed_x86(c):
+    return sign_i8x32(c, c), c
+
+
+@njit(**JIT)
+def operands_unsigned_x86(c):
+    return c, ones_i8x32()
+
+
+@njit(**JIT)
+def operands_signed_vector(c):
+    return c, zeros_i8x32()                     # LLVM drops the product with zeros
+
+
+@njit(**JIT)
+def operands_unsigned_vector(c):
+    return add_i8x32(c, -8), eights_i8x32()     # as isum_unsigned_vector
+
+
+@njit(**JIT)
+def isum_operands_avx2(u, v, x):
+    return madd_ones(maddubs(u, sign_i8x32(x, v)))
+
+
+@njit(**JIT)
+def isum_operands_vnni(u, v, x):
+    return dpbusd(u, sign_i8x32(x, v))
+
+
+@njit(**JIT)
+def isum_operands_vector(u, v, x):
+    return vector_isum_pair(u, v, x)
+
+
+class BlockDot:
+    """One level's functions: signed(a, b), unsigned(u, b) (u = 0..15), operands_signed(c),
+    operands_unsigned(c) -> (u, v), and pair(u, v, x): each -> I32x8 lanes summing to the block's dot."""
+
+    def __init__(self, signed, unsigned, operands_signed, operands_unsigned, pair):
+        self.signed, self.unsigned, self.pair = signed, unsigned, pair
+        self.operands_signed, self.operands_unsigned = operands_signed, operands_unsigned
+
+
+AVX2 = BlockDot(isum_signed_avx2, isum_unsigned_avx2, operands_signed_x86, operands_unsigned_x86, isum_operands_avx2)
+VNNI = BlockDot(isum_signed_vnni, isum_unsigned_vnni, operands_signed_x86, operands_unsigned_x86, isum_operands_vnni)
+VECTOR = BlockDot(vector_isum, isum_unsigned_vector, operands_signed_vector, operands_unsigned_vector,
+                  isum_operands_vector)
+BLOCK_DOTS = {"avx512-vnni": VNNI, "avx-vnni": VNNI, "avx2": AVX2, "neon-dotprod": VECTOR, "neon": VECTOR,
+              "vector": VECTOR}
+
+# The fast kernels' marker array: its dtype picks the code when compiling (one compiled kernel each).
+MARKER_DTYPES = {"native": "uint8", "vector": "int16", "portable": "int8"}
+
+
+def marker_level(simd) -> str:
+    """The level a marker array compiles to: 'native' is SIMD_LEVEL; 'portable' (plain loops) has none."""
+    kind = {dtype: name for name, dtype in MARKER_DTYPES.items()}[str(simd.dtype)]
+    return SIMD_LEVEL if kind == "native" else kind
+
+
+def block_dot(simd) -> BlockDot:
+    return BLOCK_DOTS[marker_level(simd)]
+
+
+def choose_isum_signed(a, b, simd):
+    impl = block_dot(simd).signed
+    return lambda a, b, simd: impl(a, b)
+
+
+def choose_isum_unsigned(u, b, simd):
+    impl = block_dot(simd).unsigned
+    return lambda u, b, simd: impl(u, b)
+
+
+def choose_operands_signed(c, simd):
+    impl = block_dot(simd).operands_signed
+    return lambda c, simd: impl(c)
+
+
+def choose_operands_unsigned(c, simd):
+    impl = block_dot(simd).operands_unsigned
+    return lambda c, simd: impl(c)
+
+
+def choose_isum_operands(u, v, x, simd):
+    impl = block_dot(simd).pair
+    return lambda u, v, x, simd: impl(u, v, x)
+
+
+@python_when_jit_disabled(as_python(choose_isum_signed))
+def isum_signed(a, b, simd):
+    """a . b over 32 signed bytes as 8 int32 lanes (a may hold -128, b may not)."""
+
+
+@python_when_jit_disabled(as_python(choose_isum_unsigned))
+def isum_unsigned(u, b, simd):
+    """u . b over 32 bytes, u codes 0..15, b signed, as 8 int32 lanes."""
+
+
+@python_when_jit_disabled(as_python(choose_operands_signed))
+def operands_signed(c, simd):
+    """A block of signed weight codes as (u, v) for isum_operands."""
+
+
+@python_when_jit_disabled(as_python(choose_operands_unsigned))
+def operands_unsigned(c, simd):
+    """A block of weight codes 0..15 as (u, v) for isum_operands."""
+
+
+@python_when_jit_disabled(as_python(choose_isum_operands))
+def isum_operands(u, v, x, simd):
+    """w . x over a block, w given as operands (u, v), x 32 signed activation bytes: 8 int32 lanes."""
+
+
+overload(isum_signed, **CHOOSE)(choose_isum_signed)
+overload(isum_unsigned, **CHOOSE)(choose_isum_unsigned)
+overload(operands_signed, **CHOOSE)(choose_operands_signed)
+overload(operands_unsigned, **CHOOSE)(choose_operands_unsigned)
+overload(isum_operands, **CHOOSE)(choose_isum_operands)
