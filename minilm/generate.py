@@ -114,25 +114,61 @@ def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.nda
     return scores
 
 
+def other_runnable_tasks() -> int:
+    """Runnable tasks on the machine besides the one asking (Linux: /proc/stat procs_running): the
+    least of three reads 2 ms apart, so this process's own pool threads still spinning after a
+    parallel region are not counted. 0 where it cannot be read."""
+    counts = []
+    for attempt in range(3):
+        try:
+            with open("/proc/stat") as f:
+                counts += [int(line.split()[1]) - 1 for line in f if line.startswith("procs_running")]
+        except (OSError, ValueError, IndexError):
+            return 0
+        if attempt < 2:
+            time.sleep(0.002)
+    return max(0, min(counts, default=0))
+
+
 class ThreadTuner:
     """The thread count of each decode step: all cores, unless another process holds one of them.
 
     A decode step is ~200 parallel regions (one per matrix), and every region ends when its slowest
     thread does: a thread that shares its core with another process waits for a time slice at each
-    of them, and one thread alone is then several times faster (measured: docs/benchmarks.md). So
-    every step is timed, now and then one step runs with the other thread count, and the faster
-    count (median of its recent steps) is kept. A probe that loses waits twice as long before the
-    next one (up to 64 steps), so a steady machine pays ~1% for the watching. A model keeps its
-    tuner (`model_tuner`), so what one generate call learned holds at the start of the next.
+    of them, and one thread alone is then several times faster (measured: docs/benchmarks.md). So:
+      - at the start of each generate call the tuner counts the other runnable processes; if they
+        leave one core or none, it starts with one thread (a 7B step takes seconds: the first
+        ones matter) and probes all threads after 8 steps;
+      - every step is timed; now and then one step runs with the other thread count (a probe), and
+        the faster count (median of its recent steps) is kept. A probe that loses waits twice as long
+        before the next one (up to 64 steps), so a steady machine pays ~1% for the watching;
+      - a step 1.5x slower than the median of its count's recent steps probes at once (the machine
+        just got busy or quiet), as does the first step of a model whose steps take over 0.25 s.
+    A model keeps its tuner (`model_tuner`), so what one generate call learned holds in the next.
     """
 
-    def __init__(self, ops, threads: int | None = None):
+    SLOW_STEP_S = 0.25
+
+    def __init__(self, ops, threads: int | None = None, runnable=None):
         self.ops = ops
         self.full = ops.threads()
         self.fixed = threads is not None or self.full == 1
+        self.runnable = runnable or other_runnable_tasks
         self.current = ops.threads(threads) if threads is not None else self.full
         self.times = {self.full: [], 1: []}
-        self.interval, self.countdown, self.probing = 4, 4, False
+        self.interval, self.countdown, self.probing, self.seen_busy = 4, 4, False, False
+        self.begin()
+
+    def begin(self) -> None:
+        """At the start of a generate call: fewer threads if other processes want the cores now."""
+        if self.fixed or self.probing:
+            return
+        others = self.runnable()
+        if others > 0 and self.current == self.full and self.full - others <= 1:
+            self.current, self.seen_busy = 1, True        # evidence enough: the next probe can wait
+            self.interval = self.countdown = 8
+        elif others == 0 and self.current != self.full and not self.times[self.full]:
+            self.current = self.full
 
     def __enter__(self):
         if not self.fixed:
@@ -144,17 +180,26 @@ class ThreadTuner:
         if self.fixed:
             return
         times = self.times[self.current]
-        times.append(time.perf_counter() - self.start)
+        step = time.perf_counter() - self.start
+        slow = bool(times) and step > 1.5 * median(times)
+        first_long = not times and step > self.SLOW_STEP_S and not self.times[self.other(self.current)] \
+            and not self.seen_busy
+        times.append(step)
         del times[:-5]
         self.countdown -= 1
         if self.probing:                                  # the probe step is done: keep the faster count
             best = min(self.times, key=lambda n: median(self.times[n]) if self.times[n] else float("inf"))
             self.interval = 4 if best != self.current_before else min(2 * self.interval, 64)
             self.current, self.probing, self.countdown = best, False, self.interval
-        elif self.countdown <= 0:                         # time to try the other count for one step
+        elif self.countdown <= 0 or slow or first_long:   # time to try the other count for one step
+            if slow:                                      # the machine changed: older times are stale
+                self.times = {self.current: [step], self.other(self.current): []}
             self.current_before = self.current
-            self.current = 1 if self.current == self.full else self.full
+            self.current = self.other(self.current)
             self.probing = True
+
+    def other(self, count: int) -> int:
+        return 1 if count == self.full else self.full
 
     def restore(self) -> None:
         """Leave the backend with all its threads (prefill and other callers want them)."""
@@ -170,6 +215,8 @@ def model_tuner(model, threads: int | None) -> ThreadTuner:
     tuner = getattr(model, "thread_tuner", None)
     if tuner is None or tuner.ops is not model.backend:
         tuner = model.thread_tuner = ThreadTuner(model.backend)
+    else:
+        tuner.begin()
     return tuner
 
 

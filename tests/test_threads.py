@@ -12,6 +12,7 @@ class FakeBackend:
 
     def __init__(self):
         self.count, self.busy, self.clock, self.history = 2, False, 0.0, []
+        self.others_at_start = 0                  # what other_runnable_tasks() sees when a call begins
 
     def threads(self, count=None):
         if count is not None:
@@ -27,6 +28,7 @@ class FakeBackend:
 def fake(monkeypatch):
     backend = FakeBackend()
     monkeypatch.setattr(generate.time, "perf_counter", lambda: backend.clock)
+    monkeypatch.setattr(generate, "other_runnable_tasks", lambda: backend.others_at_start)
     return backend
 
 
@@ -71,11 +73,38 @@ def test_what_one_call_learned_holds_at_the_start_of_the_next(fake):
     assert fake.count == 2
     fake.history.clear()
     run(generate.model_tuner(model, None), fake, 10)                    # the next call
-    assert fake.history[:3] == [1, 1, 1] and fake.history.count(2) <= 1  # starts where the last one ended
+    assert fake.history[:2] == [1, 1] and fake.history.count(2) <= 1  # starts where the last one ended
     generate.model_tuner(model, None).restore()
     fake.history.clear()
     run(generate.ThreadTuner(fake), fake, 10)                            # negative control: a fresh tuner
-    assert fake.history[:2] == [2, 2]                                    # starts from all threads again
+    assert fake.history[0] == 2                                          # starts from all threads again
+
+
+def test_a_busy_machine_at_the_start_gets_one_thread_from_the_first_step(fake):
+    fake.busy, fake.others_at_start = True, 1
+    run(generate.ThreadTuner(fake), fake, 32)                           # a 32-token reply
+    assert fake.history[:8] == [1] * 8
+    assert sum(8.0 if n == 2 else 2.0 for n in fake.history) / 32 < 2.0 / 0.8    # >= 0.8x one thread
+    fake.history.clear()
+    fake.threads(2)                                                     # restore(), as generate does
+    fake.others_at_start = 0                                            # negative control: nothing seen
+    run(generate.ThreadTuner(fake), fake, 1)
+    assert fake.history == [2]
+
+
+def test_the_first_slow_step_switches_at_once(fake):
+    tuner = generate.ThreadTuner(fake)
+    run(tuner, fake, 40)
+    fake.busy = True                                                    # another process takes a core
+    run(tuner, fake, 3)
+    assert fake.history[-3:] == [2, 1, 1]                               # one slow step, then one thread
+
+
+def test_other_runnable_tasks_reads_the_machine():
+    import os
+    assert generate.other_runnable_tasks() >= 0
+    if os.path.exists("/proc/stat"):                                    # this test itself runs: 0 others or more
+        assert isinstance(generate.other_runnable_tasks(), int)
 
 
 def test_fixed_thread_count_and_restore():
