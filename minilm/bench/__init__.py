@@ -27,7 +27,7 @@ import numpy as np
 from .engines import Unavailable, parse_spec, weight_files
 from .measure import Settings
 from .report import gb, ratio, table
-from .runner import run_child
+from .runner import ChildDied, run_child
 
 DEFAULT_BACKENDS = ("numba", "numba-bf16", "numba-gguf", "transformers", "llama.cpp")
 QUICK = Settings(prompt_tokens=16, new_tokens=16, prefill_tokens=128, repeats=1)
@@ -47,10 +47,12 @@ def estimate_seconds(backends, weight_bytes: int, settings: Settings) -> float:
 
 
 def run_bench(model_dir: str, gguf: str | None, backends=DEFAULT_BACKENDS, settings: Settings = Settings(),
-              log=print) -> dict:
-    """Measure every backend in its own process; unavailable ones are named with the reason."""
+              log=print, threads: int | None = None) -> dict:
+    """Measure every backend in its own process; unavailable ones are named with the reason.
+    `threads` fixes every engine's thread count (default: all cores)."""
     specs = [parse_spec(b) for b in backends]                   # unknown names fail before any work
     results, unavailable, failed = [], {}, {}
+    start_machine = machine(threads)                            # before any child: the load the run starts on
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
             try:
@@ -60,23 +62,41 @@ def run_bench(model_dir: str, gguf: str | None, backends=DEFAULT_BACKENDS, setti
                 log(f"{spec.name}: unavailable: {e}")
                 continue
             log(f"{spec.name} ...")
-            logits_path = os.path.join(tmp, f"{spec.name}.npy")
+            payload = {"backend": spec.name, "model_dir": model_dir, "gguf": gguf, "settings": settings.__dict__,
+                       "logits_path": os.path.join(tmp, f"{spec.name}.npy")}
+            load_before = os.getloadavg()
             try:
-                r = run_child("measure", {"backend": spec.name, "model_dir": model_dir, "gguf": gguf,
-                                          "settings": settings.__dict__, "logits_path": logits_path}, log)
+                r = measure_in_child(spec, payload, log, threads)
             except RuntimeError as e:                           # one backend's failure does not end the run
-                failed[spec.name] = str(e).splitlines()[-1]
+                failed[spec.name] = str(e).splitlines()[0]
                 log(f"{spec.name}: FAILED: {failed[spec.name]}")
                 continue
             if "unavailable" in r:
                 unavailable[spec.name] = r["unavailable"]
                 log(f"{spec.name}: unavailable: {r['unavailable']}")
                 continue
-            r["logits"] = np.load(logits_path) if os.path.exists(logits_path) else None
+            r["load_average_before"], r["load_average_after"] = load_before, os.getloadavg()
+            r["logits"] = np.load(payload["logits_path"]) if os.path.exists(payload["logits_path"]) else None
             results.append(r)
     compare(results)
     return {"model_dir": model_dir, "gguf": gguf, "settings": settings.__dict__, "results": results,
-            "unavailable": unavailable, "failed": failed, "machine": machine(), "load_average_after": os.getloadavg()}
+            "unavailable": unavailable, "failed": failed, "machine": start_machine,
+            "load_average_after": os.getloadavg()}
+
+
+def measure_in_child(spec, payload: dict, log, threads: int | None) -> dict:
+    """One backend's child. llama.cpp evaluates prompts in batches of 512 tokens; where that crashes
+    (llama-cpp-python 0.3.36's AMX path died with SIGSEGV on a 16-token batch), it is measured again
+    one token per batch, and the report says so."""
+    try:
+        return run_child("measure", payload, log, threads)
+    except ChildDied as e:
+        if spec.engine != "llama.cpp":
+            raise
+        log(f"{spec.name}: {str(e).splitlines()[0]}; measuring again one token per batch")
+        r = run_child("measure", payload | {"llama_batch": 1}, log, threads)
+        r["description"] += f" (batches of 512 crashed: {str(e).splitlines()[0].rsplit(' ', 1)[-1]})"
+        return r
 
 
 def compare(results: list[dict]) -> None:
@@ -105,19 +125,43 @@ def available_files(spec, model_dir: str, gguf: str | None) -> list[str]:
         return []
 
 
-def machine() -> dict:
-    cpu = "unknown CPU"
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
+
+
+def machine(threads: int | None = None) -> dict:
+    """The CPU (model name, the instruction-set flags that matter to the kernels, the kernel path
+    minilm's fast mode compiles to), cores, threads and the load average now."""
+    cpu, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and cpu == "unknown CPU":
+                    cpu = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
         pass
     import numba
-    return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
+    from ..ops.numba_simd import SIMD_LEVEL
+    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "kernel_path": SIMD_LEVEL,
+            "cores": os.cpu_count(), "numba_threads": threads or numba.config.NUMBA_NUM_THREADS,
             "load_average_before": os.getloadavg()}
 
 
+def machine_line(m: dict) -> str:
+    """One line: CPU, ISA flags, minilm's kernel path, cores and threads."""
+    isa = " ".join(m.get("isa", [])) or "no flags read"
+    return (f"machine: {m['cpu']} ({isa}; minilm fast kernels: {m.get('kernel_path', '?')}), "
+            f"{m['cores']} cores, {m['numba_threads']} threads")
+
+
 # --- the report ---------------------------------------------------------------------------------------
+
+def loads(values) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
+
 
 def speed_figure(value: float) -> str:
     """Tokens/s with the digits that matter: 196, 17.8, 2.83 (a 7B model's prefill is a few per second)."""
@@ -147,9 +191,8 @@ def format_report(report: dict) -> str:
                        str(r.get("same_tokens", "-"))))
     m = report["machine"]
     lines = [f"model {report['model_dir']}" + (f", GGUF {report['gguf']}" if report.get("gguf") else ""),
-             f"machine: {m['cpu']}, {m['cores']} cores, {m['numba_threads']} Numba threads; load average "
-             f"before {', '.join(f'{x:.2f}' for x in m['load_average_before'])}, after "
-             f"{', '.join(f'{x:.2f}' for x in report['load_average_after'])}",
+             f"{machine_line(m)}; load average before {loads(m['load_average_before'])}, after "
+             f"{loads(report['load_average_after'])}",
              f"prompt {s['prompt_tokens']} tokens, {s['new_tokens']} new tokens (greedy), decode = median of "
              f"{s['repeats']} runs; prefill = one forward, last logits only", ""]
     lines += table(speed) + [""] + table(memory)
@@ -158,7 +201,8 @@ def format_report(report: dict) -> str:
     for r in results:
         lines.append(f"  {r['backend']}: decode runs {', '.join(f'{x:.1f}' for x in r['decode_tok_s_runs'])} "
                      f"tok/s against reads of {', '.join(f'{x:.1f}' for x in r['weight_read_gb_s_runs'])} GB/s; "
-                     f"first token {r['first_token_s']:.2f} s")
+                     f"first token {r['first_token_s']:.2f} s; load average {loads(r['load_average_before'])} "
+                     f"before, {loads(r['load_average_after'])} after")
     for name, reason in report["unavailable"].items():
         lines.append(f"not run: {name}: {reason}")
     for name, error in report.get("failed", {}).items():
@@ -194,6 +238,8 @@ def add_arguments(parser) -> None:
                         help="instead: decode speed with another process holding one core, by thread count")
     parser.add_argument("--profile", default=None, metavar="BACKEND",
                         help="instead: the time of one decode step op by op, for one backend name (e.g. numba-bf16)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every engine (minilm, transformers, llama.cpp; default: all cores)")
     parser.add_argument("--json", default=None, help="also write the full report to this file")
 
 
@@ -214,7 +260,7 @@ def resolve_inputs(model: str | None, gguf: str | None) -> tuple[str, str | None
 
 
 def main(args) -> int:
-    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats"):
+    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats") + (("threads",) if args.threads else ()):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer")
     model_dir, gguf = resolve_inputs(args.model, args.gguf)
@@ -251,7 +297,7 @@ def main(args) -> int:
         log(f"minilm bench: {len(backends)} backends, estimated {estimate_seconds(backends, size, settings) / 60:.0f}"
             f" min (a rough figure from the checkpoint's {size / 1e9:.2f} GB)")
         start = time.perf_counter()
-        report = run_bench(model_dir, gguf, backends, settings, log=log)
+        report = run_bench(model_dir, gguf, backends, settings, log=log, threads=args.threads)
         log(f"took {(time.perf_counter() - start) / 60:.1f} min")
         print(format_report(report))
         status = 1 if report["failed"] else 0

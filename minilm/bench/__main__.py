@@ -10,7 +10,7 @@ def worker(command: str, payload: dict) -> dict:
         if command == "measure":
             from .measure import Settings, measure
             return measure(payload["backend"], payload["model_dir"], payload["gguf"],
-                           Settings(**payload["settings"]), payload.get("logits_path"))
+                           Settings(**payload["settings"]), payload.get("logits_path"), payload.get("llama_batch"))
         if command == "busy":
             from .busy import decode_speed
             return decode_speed(**payload)

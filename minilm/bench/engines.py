@@ -138,6 +138,7 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM
         self.torch = torch
+        torch.set_num_threads(engine_threads())
         dtype = torch.bfloat16 if spec.weight_dtype == "bfloat16" else "auto"
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").eval()
         params = list(self.model.parameters())                       # a tied head is listed once
@@ -148,7 +149,7 @@ class TransformersEngine:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * params[0].element_size()
         self.vocab_size = cfg.vocab_size
-        self.description = str(params[0].dtype).replace("torch.", "")
+        self.description = f"{str(params[0].dtype).replace('torch.', '')}, {torch.get_num_threads()} threads"
 
     def generate(self, ids, n, on_token=None):
         times, t0 = [], time.perf_counter()
@@ -179,7 +180,7 @@ class TransformersEngine:
 class LlamaCppEngine:
     """llama.cpp through llama-cpp-python, on the same GGUF file, with as many threads as minilm uses."""
 
-    def __init__(self, spec: Spec, model_dir: str, gguf: str | None, n_ctx: int = 2048):
+    def __init__(self, spec: Spec, model_dir: str, gguf: str | None, n_ctx: int = 2048, n_batch: int = 512):
         if importlib.util.find_spec("llama_cpp") is None:
             raise Unavailable("llama-cpp-python is not installed (pip install llama-cpp-python; it compiles "
                               "llama.cpp, a few minutes)")
@@ -187,8 +188,8 @@ class LlamaCppEngine:
             raise Unavailable("no GGUF file (give one with --gguf)")
         import llama_cpp
         from ..gguf_file import open_gguf
-        threads = os.cpu_count() or 1
-        self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_batch=512, n_threads=threads,
+        threads = engine_threads()
+        self.llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
                                    n_threads_batch=threads, verbose=False)
         file = open_gguf(gguf)
         self.weight_arrays = [file.data(name) for name in file.tensors]
@@ -200,7 +201,8 @@ class LlamaCppEngine:
         head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // \
             meta[f"{arch}.attention.head_count"]
         self.kv_bytes_per_token = 2 * layers * (kv_heads or meta[f"{arch}.attention.head_count"]) * head_dim * 2
-        self.description = f"llama.cpp {llama_cpp.__version__}, {threads} threads, f16 KV cache"
+        self.description = f"llama.cpp {llama_cpp.__version__}, {threads} threads, f16 KV cache" + \
+            ("" if n_batch > 1 else ", one token per batch")
 
     def generate(self, ids, n, on_token=None):
         self.llm.reset()
@@ -227,5 +229,13 @@ class LlamaCppEngine:
 ENGINES = {"minilm": MinilmEngine, "transformers": TransformersEngine, "llama.cpp": LlamaCppEngine}
 
 
-def make_engine(spec: Spec, model_dir: str, gguf: str | None):
+def engine_threads() -> int:
+    """The thread count every engine of a child uses: Numba's (`minilm bench --threads` sets it)."""
+    import numba
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def make_engine(spec: Spec, model_dir: str, gguf: str | None, llama_batch: int | None = None):
+    if llama_batch and spec.engine == "llama.cpp":
+        return LlamaCppEngine(spec, model_dir, gguf, n_batch=llama_batch)
     return ENGINES[spec.engine](spec, model_dir, gguf)

@@ -126,22 +126,23 @@ def progress(spec: str, message: str) -> None:
     print(f"  {spec}: {message}", file=sys.stderr, flush=True)
 
 
-def timed_load(spec, model_dir, gguf):
+def timed_load(spec, model_dir, gguf, llama_batch=None):
     t = time.perf_counter()
-    engine = make_engine(spec, model_dir, gguf)
+    engine = make_engine(spec, model_dir, gguf, llama_batch)
     return engine, time.perf_counter() - t
 
 
-def measure(name: str, model_dir: str, gguf: str | None, settings: Settings, logits_path: str | None = None) -> dict:
+def measure(name: str, model_dir: str, gguf: str | None, settings: Settings, logits_path: str | None = None,
+            llama_batch: int | None = None) -> dict:
     """Load one backend (cold, then warm), time prefill and decode, report memory."""
     spec = parse_spec(name)
     files = weight_files(spec, model_dir, gguf)
     cold = drop_page_cache(files)
-    engine, load_cold = timed_load(spec, model_dir, gguf)
+    engine, load_cold = timed_load(spec, model_dir, gguf, llama_batch)
     progress(name, f"loaded ({'cold' if cold else 'page cache not dropped'}) in {load_cold:.1f} s")
     del engine
     gc.collect()
-    engine, load_warm = timed_load(spec, model_dir, gguf)
+    engine, load_warm = timed_load(spec, model_dir, gguf, llama_batch)
     s = settings
     ids = prompt_ids(s.prompt_tokens, engine.vocab_size)
     engine.generate(ids, 2)                                        # warm-up (JIT cache load, allocations)
