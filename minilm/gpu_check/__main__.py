@@ -1,0 +1,5 @@
+import sys
+
+from . import module_main
+
+sys.exit(module_main())
