@@ -20,7 +20,6 @@ not checked. See docs/cuda.md, "On a real GPU".
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -131,9 +130,3 @@ def main(args) -> int:
                        names(args.formats, FORMATS, "formats"), names(args.steps, STEPS, "steps"),
                        args.tests or default_tests_dir(), args.scratch)
     return 0 if report["passed"] else 1
-
-
-def module_main(argv=None) -> int:
-    """`python -m minilm.gpu_check ...`: the CLI's subcommand, with its error handling."""
-    from ..cli import main as cli_main
-    return cli_main(["gpu-check", *(sys.argv[1:] if argv is None else argv)])
