@@ -78,6 +78,19 @@ def test_negative_control_a_broken_kernel_fails_the_check(tmp_path, monkeypatch)
     assert md.startswith("# minilm gpu-check (dry run): FAILED") and "| compare | failed |" in md
 
 
+def test_a_step_that_raises_fails_the_run_and_the_report_names_the_error(tmp_path, monkeypatch):
+    def crash(*args):
+        raise RuntimeError("the device fell off the bus")
+    monkeypatch.setattr("minilm.gpu_check.compare.run_compare", crash)
+    out = tmp_path / "report"
+    assert main(["gpu-check", "--out", str(out), "--dry-run", "--steps", "compare,versions"]) == 1
+    report, md = read_report(out)
+    assert list(report["steps"]) == ["compare", "versions"] and report["steps"]["versions"]["status"] == "passed"
+    assert report["steps"]["compare"]["error"] == "RuntimeError: the device fell off the bus"
+    assert "in crash" in report["steps"]["compare"]["traceback"]
+    assert "## compare: failed\n\nerror: RuntimeError: the device fell off the bus" in md
+
+
 DEVICE_TESTS = '''
 import pytest
 from minilm.cuda import gpu_available   # what marks a file of CUDA tests

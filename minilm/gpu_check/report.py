@@ -30,7 +30,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {name}: {step['status']}", ""]
         if "error" in step:
             lines += [f"error: {step['error']}", ""]
-        if step["status"] != "not run":
+        if "traceback" not in step:                  # a step that raised has only its error
             lines += sections[name](step)
     return "\n".join(lines)
 
