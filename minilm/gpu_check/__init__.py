@@ -1,6 +1,6 @@
 """`minilm gpu-check` (or `python -m minilm.gpu_check`): the whole CUDA path on a real GPU, in one run.
 
-    minilm gpu-check --out DIR             # on a machine with an NVIDIA GPU: under 8 minutes on an H100
+    minilm gpu-check --out DIR             # on a machine with an NVIDIA GPU (sized for < 8 min on an H100)
     minilm gpu-check --out DIR --dry-run   # the same sequence on cuda-emulated, tiny models, no GPU needed
     minilm gpu-check --fetch-wheels DIR    # the wheels a bare GPU image lacks (wheels.py)
 

@@ -57,31 +57,45 @@ def run_device_tests(tests_dir: str, out_dir: str, dry_run: bool, timeout: float
     if not files:
         return {"status": "failed", "error": f"no CUDA test files in {tests_dir!r}: run from a checkout of the "
                                              "repository or pass --tests"}
-    xml, log_path = os.path.join(out_dir, "device-tests.xml"), os.path.join(out_dir, "device-tests.log")
+    xml = os.path.join(out_dir, "device-tests.xml")
     env = {**child_env(), **({COLLECT_AS_IF_GPU: "1"} if dry_run else {})}
-    result = {"files": [os.path.relpath(f, os.path.dirname(tests_dir)) for f in files], "log": "device-tests.log"}
-    try:
-        proc = subprocess.run(pytest_command(files, xml, dry_run), cwd=os.path.dirname(os.path.abspath(tests_dir)),
-                              env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        _write(log_path, e.stdout, e.stderr)
-        return {**result, "status": "failed", "error": f"pytest ran past {timeout:.0f} s"}
-    _write(log_path, proc.stdout, proc.stderr)
-    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    status, output = run_pytest(pytest_command(files, xml, dry_run), os.path.dirname(os.path.abspath(tests_dir)),
+                                env, os.path.join(out_dir, "device-tests.log"), timeout)
+    summary = (output.strip().splitlines() or ["no output"])[-1]
     log(f"  pytest: {summary}")
-    if dry_run:
-        ids = collected_ids(proc.stdout)
-        ok = proc.returncode == 0 and ids
-        return {**result, "status": "dry run" if ok else "failed", "collected": len(ids), "ids": ids,
-                "summary": summary, **({} if ok else {"error": f"collection failed (pytest exit {proc.returncode})"})}
+    result = {"files": [os.path.relpath(f, os.path.dirname(tests_dir)) for f in files], "log": "device-tests.log",
+              "summary": summary}
+    if status is None:
+        return {**result, "status": "failed", "error": f"pytest ran past {timeout:.0f} s (its output so far: "
+                                                       "device-tests.log)"}
+    return {**result, **(collection_result(status, output) if dry_run else run_result(status, xml, summary))}
+
+
+def run_pytest(command: list[str], cwd: str, env: dict, log_path: str, timeout: float) -> tuple[int | None, str]:
+    """pytest's exit status (None: stopped at the timeout) and its output, written to log_path as it comes."""
+    with open(log_path, "w+", encoding="utf-8") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            status = None
+        out.seek(0)
+        return status, out.read()
+
+
+def collection_result(status: int, output: str) -> dict:
+    """A dry run: the tests that would run on the device."""
+    ids = collected_ids(output)
+    ok = status == 0 and ids
+    return {"status": "dry run" if ok else "failed", "collected": len(ids), "ids": ids,
+            **({} if ok else {"error": f"collection failed (pytest exit {status})"})}
+
+
+def run_result(status: int, xml: str, summary: str) -> dict:
+    """A real run: passed when pytest says so and at least one test passed (not all skipped)."""
     counts = junit_counts(xml) if os.path.exists(xml) else {}
-    ok = proc.returncode == 0 and counts.get("passed", 0) > 0
-    return {**result, **counts, "summary": summary, "status": "passed" if ok else "failed",
-            **({} if ok else {"error": f"pytest exit {proc.returncode}: {summary}"})}
-
-
-def _write(path: str, *texts) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for text in texts:
-            if text:
-                f.write(text if isinstance(text, str) else text.decode(errors="replace"))
+    ok = status == 0 and counts.get("passed", 0) > 0
+    return {**counts, "status": "passed" if ok else "failed",
+            **({} if ok else {"error": f"pytest exit {status}: {summary}"})}
