@@ -228,6 +228,15 @@ def torch_unavailable(gpu: bool) -> str | None:
     return None
 
 
+def torch_row(folder: str, device: Device, settings: Settings, bandwidth: float, log) -> dict:
+    """The PyTorch baseline on the same device (the CPU in a dry run), or why it cannot run."""
+    reason = torch_unavailable(gpu=device.gpu)
+    if reason:
+        return {"engine": "torch eager bf16", "weights": "bfloat16", "status": f"unavailable: {reason}"}
+    return measure_row("torch eager bf16", "bfloat16", lambda: TorchEngine(folder, "cuda" if device.gpu else "cpu"),
+                       device, settings, bandwidth, log)
+
+
 def run_speed(writers: CheckpointWriters, dry_run: bool, log) -> dict:
     settings = DRY_RUN if dry_run else REAL
     device = Device(gpu=not dry_run)
@@ -238,11 +247,7 @@ def run_speed(writers: CheckpointWriters, dry_run: bool, log) -> dict:
     rows = [measure_row(name, dtype, lambda p=paths[dtype], m=mode: minilm_engine(p, backend, m), device, settings,
                         bandwidth, log)
             for name, dtype, mode in MINILM_ROWS]
-    reason = torch_unavailable(gpu=not dry_run)
-    torch_device = "cpu" if dry_run else "cuda"
-    rows.append(measure_row("torch eager bf16", "bfloat16", lambda: TorchEngine(paths["bfloat16"], torch_device),
-                            device, settings, bandwidth, log) if reason is None
-                else {"engine": "torch eager bf16", "weights": "bfloat16", "status": f"unavailable: {reason}"})
+    rows.append(torch_row(paths["bfloat16"], device, settings, bandwidth, log))
     failed = any(r["status"] == "failed" for r in rows)
     result = {"status": "failed" if failed else "dry run" if dry_run else "measured", "backend": backend,
               "settings": asdict(settings), "copy_bandwidth_gb_s": bandwidth, "rows": rows}
