@@ -1,4 +1,4 @@
-"""The `minilm` command: generate, chat, convert, perplexity, bench, parity, masks.
+"""The `minilm` command: generate, chat, convert, perplexity, bench, parity, masks, gpu-check.
 
 Bad input prints one line `minilm: error: ...` and exits with status 2; no tracebacks.
 A command whose optional dependencies are missing names the pip extra to install.
@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import __version__, attention, bench, masks, parity, testing
+from . import __version__, attention, bench, gpu_check, masks, parity, testing
 from .chat import (ChatSession, check_settings, effective_settings, format_settings, prompt_ids, run_chat,
                    stream_reply)
 from .extras import require_extra
@@ -387,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("attention", attention, cmd_attention, "draw the attention weights of a text, per head "
                                                     "(--png: the [notebooks] extra)"),
             ("random-checkpoint", testing, testing.main, "write a random-weight checkpoint of a real config, "
-                                                         "one tensor at a time")]:
+                                                         "one tensor at a time"),
+            ("gpu-check", gpu_check, gpu_check.main, "check the whole CUDA path on a GPU: versions, cuda vs numpy on "
+                                                     "every format, the CUDA tests, 7B speed (--dry-run: no GPU)")]:
         p = add_command(sub, name, help_text)
         module.add_arguments(p)
         p.set_defaults(func=func)

@@ -2,6 +2,7 @@
 
     folder = tiny_checkpoint("cohere2", sliding_window=4)          # config.json + model.safetensors
     folder = random_checkpoint(REAL_CONFIGS["llama-2-7b"], "out/", dtype="bfloat16")
+    ids, mask = left_padded_batch(length=14)                        # inputs for tiny models
 
 Tensors are written one at a time (a 7B checkpoint never sits in memory) in the
 family's own tensor list, so the names and shapes are exactly what minilm and
@@ -229,6 +230,34 @@ def tiny_checkpoint(family: str, folder=None, seed: int = 0, dtype: str = "float
     """A tiny random checkpoint of `family` (TINY_CONFIGS with overrides) in `folder` or a new temp folder."""
     folder = folder or tempfile.mkdtemp(prefix=f"minilm-tiny-{family}-")
     return random_checkpoint(tiny_config(family, **overrides), folder, dtype=dtype, seed=seed)
+
+
+# --- inputs that tests and `minilm gpu-check` feed tiny models -----------------------------------
+
+# Two backends running float32 arithmetic on the same weights: their logits may differ by this much
+# (other summation orders, fused multiply-adds); a wrong kernel moves them by orders of magnitude more.
+LOGIT_TOLERANCE = 1e-4
+
+
+def random_ids(batch, length, vocab=256, seed=0, low=3):
+    return np.random.default_rng(seed).integers(low, vocab, size=(batch, length))
+
+
+def left_padded_batch(length=16, pad=3, seed=0):
+    """Two rows of random ids; row 1 is left-padded by `pad` (id 0, mask 0)."""
+    ids = random_ids(2, length, seed=seed)
+    mask = np.ones_like(ids)
+    ids[1, :pad], mask[1, :pad] = 0, 0
+    return ids, mask
+
+
+def incremental_logits(model, ids, mask, prefix):
+    """minilm: prefill ids[:, :prefix], then decode the rest one token at a time with the KV cache."""
+    cache = model.new_cache(ids.shape[0])
+    logits = [model(ids[:, :prefix], attention_mask=mask[:, :prefix], cache=cache).logits]
+    for t in range(prefix, ids.shape[1]):
+        logits.append(model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
+    return np.concatenate(logits, axis=1)
 
 
 # --- `minilm random-checkpoint` --------------------------------------------------------------------

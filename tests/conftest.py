@@ -12,7 +12,9 @@ import pytest
 
 import torch
 
-from minilm.testing import random_checkpoint, tiny_config
+# Tests import the input helpers from here.
+from minilm.testing import (LOGIT_TOLERANCE, incremental_logits, left_padded_batch, random_checkpoint,  # noqa: F401
+                            random_ids, tiny_config)
 
 make_config = tiny_config
 TORCH_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32", None: "float32"}
@@ -56,28 +58,7 @@ def hf_forward(model, ids, attention_mask=None):
     return out.logits.float().numpy(), tuple(h.float().numpy() for h in out.hidden_states)
 
 
-def random_ids(batch, length, vocab=256, seed=0, low=3):
-    return np.random.default_rng(seed).integers(low, vocab, size=(batch, length))
-
-
-def left_padded_batch(length=16, pad=3, seed=0):
-    """Two rows of random ids; row 1 is left-padded by `pad` (id 0, mask 0)."""
-    ids = random_ids(2, length, seed=seed)
-    mask = np.ones_like(ids)
-    ids[1, :pad], mask[1, :pad] = 0, 0
-    return ids, mask
-
-
-def incremental_logits(model, ids, mask, prefix):
-    """minilm: prefill ids[:, :prefix], then decode the rest one token at a time with the KV cache."""
-    cache = model.new_cache(ids.shape[0])
-    logits = [model(ids[:, :prefix], attention_mask=mask[:, :prefix], cache=cache).logits]
-    for t in range(prefix, ids.shape[1]):
-        logits.append(model(ids[:, t:t + 1], attention_mask=mask[:, t:t + 1], cache=cache).logits)
-    return np.concatenate(logits, axis=1)
-
-
-def assert_logits_close(a, b, keep=None, tol=1e-4):
+def assert_logits_close(a, b, keep=None, tol=LOGIT_TOLERANCE):
     err = np.abs(a - b) if keep is None else np.abs(a - b)[keep]
     assert err.max() < tol, f"logits differ by {err.max():.3g}"
 

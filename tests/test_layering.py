@@ -26,6 +26,7 @@ LAYERS = [
     ["minilm.loading"],
     ["minilm", "minilm.testing", "minilm.evaluate"],
     ["minilm.masks", "minilm.parity", "minilm.bench", "minilm.attention", "minilm.chat"],
+    ["minilm.gpu_check"],                      # uses bench's engines
     ["minilm.cli"],
 ]
 
