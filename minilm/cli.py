@@ -88,7 +88,8 @@ def load_tokenizer(args):
     require_backend_extra(args)          # the first step of every model command: fail before converting anything
     args.gguf = gguf_to_run(args)
     # tokenizer, config.json, generation_config.json (for a .gguf run as stored, without a float32 copy)
-    args.model_dir = resolve_model_dir(args.model, weights=args.gguf is None)
+    # (the default model included: run as stored, it needs no float32 copy of its weights)
+    args.model_dir = resolve_model_dir(args.gguf, weights=False) if args.gguf else resolve_model_dir(args.model)
     if args.gguf and not os.path.exists(os.path.join(args.model_dir, "tokenizer.json")):
         raise CLIError(gguf_without_tokenizer(args.model_dir, args.gguf))
     return Tokenizer.from_pretrained(args.model_dir)
