@@ -163,8 +163,7 @@ def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mma
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
     if kept:
-        warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
-                      f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
+        warn_layers_kept(folder, quantize, options, weight_dtype, kept, specs, stored)
     return cfg, weights, files
 
 
@@ -193,6 +192,17 @@ def packed_weights(quantization: tuple | None, folder: str, tensors: dict, specs
     if method == "bitsandbytes":
         return bnb_weights(tensors, specs, quant_type, mmap)
     return torchao_weights(tensors, specs, checkpoint_metadata(folder), mmap)
+
+
+def warn_layers_kept(folder, quantize, options, weight_dtype, kept, specs, stored) -> None:
+    """In user terms: how many layers were quantized, and why the others were not."""
+    linear = [name for name, spec in specs.items() if spec.kind == "linear"]
+    widths = sorted({stored[name].shape[1] for name in kept})
+    multiple = get_format(quantize).row_multiple(options)
+    warnings.warn(f"{folder}: {quantize} quantized {len(linear) - len(kept)} of {len(linear)} linear layers; the "
+                  f"other {len(kept)} stay {weight_dtype}, because their rows of {' or '.join(map(str, widths))} "
+                  f"values are not a multiple of {quantize}'s group of {multiple} (torchao skips such layers too; "
+                  f"first: {kept[0]})", stacklevel=4)
 
 
 def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:
