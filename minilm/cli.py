@@ -403,7 +403,7 @@ def _user_error_types() -> tuple:
         from .cuda.backend import NoGpuError          # --backend cuda on a machine without a GPU
     except ImportError:
         NoGpuError = CLIError
-    return (CLIError, ValueError, ImportError, OSError, NoGpuError)
+    return (CLIError, ValueError, ImportError, OSError, NoGpuError, parity.ReferenceUnavailableError)
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
