@@ -112,8 +112,9 @@ def test_a_reference_kernel_missing_here_is_a_one_line_reason(tmp_path, capsys):
     if hasattr(torch.ops.mslk, "bf16i4bf16_rowwise"):                 # a CUDA build of torchao: the report runs
         assert status in (0, 1) and "internal error" not in err
         return
-    assert status == 2 and err.count("\n") == 1
-    assert err.startswith(f"minilm: error: {folder}: transformers cannot run this checkpoint here: torchao's kernel "
+    (line,) = [line for line in err.splitlines() if not line.startswith("minilm: compiling")]   # a cold cache's notes
+    assert status == 2 and "Traceback" not in err
+    assert line.startswith(f"minilm: error: {folder}: transformers cannot run this checkpoint here: torchao's kernel "
                           "torch.ops.mslk.bf16i4bf16_rowwise is not in this installation")
 
 
