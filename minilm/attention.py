@@ -2,6 +2,7 @@
 
     minilm attention --model M "The quick brown fox" --layer 3             # top keys per query, every head
     minilm attention --model M "The quick brown fox" --layer 3 --head 2 --png fox.png
+    minilm attention --model random-cohere2/ --ids 5,9,13,17,21,25 --layer 0     # no tokenizer needed
 
     from minilm.attention import attention_weights, figure
     weights, tokens = attention_weights(model, tokenizer, "The quick brown fox", layer=3)   # [H, T, T]
@@ -22,14 +23,30 @@ from .resolve import resolve_model_dir
 
 def attention_weights(model, tokenizer, text: str, layer: int) -> tuple[np.ndarray, list[str]]:
     """One layer's weights for `text`: ([H, T, T] float32, the T tokens as strings)."""
-    layers = model.config.num_hidden_layers
-    if not 0 <= layer < layers:
-        raise ValueError(f"--layer={layer} must be in 0..{layers - 1} (the model has {layers} layers)")
     ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the text encodes to no tokens")
+    return ids_attention_weights(model, ids, layer), [tokenizer.decode([t]) for t in ids]
+
+
+def ids_attention_weights(model, ids: list[int], layer: int) -> np.ndarray:
+    """One layer's weights for token ids: [H, T, T] float32."""
+    layers = model.config.num_hidden_layers
+    if not 0 <= layer < layers:
+        raise ValueError(f"--layer={layer} must be in 0..{layers - 1} (the model has {layers} layers)")
     out = model(np.asarray([ids], dtype=np.int64), output_attentions=True)
-    return out.attentions[layer][0], [tokenizer.decode([t]) for t in ids]
+    return out.attentions[layer][0]
+
+
+def parse_ids(text: str, vocab_size: int) -> list[int]:
+    """'5,9,13' or '5 9 13' -> [5, 9, 13], each a token id of the model's vocabulary."""
+    items = text.replace(",", " ").split()
+    if not items or not all(item.isdigit() for item in items):
+        raise ValueError(f"--ids={text!r} must be token ids separated by commas, e.g. --ids 5,9,13")
+    ids = [int(item) for item in items]
+    if max(ids) >= vocab_size:
+        raise ValueError(f"--ids: token id {max(ids)} is not below the model's vocab_size {vocab_size}")
+    return ids
 
 
 def _check_head(weights: np.ndarray, head: int | None) -> list[int]:
@@ -90,7 +107,11 @@ def figure(weights: np.ndarray, tokens: list[str], layer: int, head: int | None 
 # --- CLI ---------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
-    parser.add_argument("text", help="the text whose attention to show (encoded as is, no chat template)")
+    parser.add_argument("text", nargs="?", default=None,
+                        help="the text whose attention to show (encoded as is, no chat template)")
+    parser.add_argument("--ids", default=None,
+                        help="token ids instead of a text, e.g. 5,9,13 (for a checkpoint without a tokenizer, "
+                             "such as one of `minilm random-checkpoint`)")
     parser.add_argument("--model", default=None,
                         help="checkpoint folder, hub id or .gguf (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--layer", type=int, required=True, help="layer index, from 0")
@@ -108,9 +129,16 @@ def main(args) -> int:
         matplotlib_figure_class()                  # refuse now, not after the model ran
     if args.top < 1:
         raise ValueError(f"--top={args.top} must be >= 1")
+    if (args.text is None) == (args.ids is None):
+        raise ValueError("give either a text or --ids, not both" if args.text is not None
+                         else "give a text to encode, or --ids with token ids")
     model_dir = resolve_model_dir(args.model)
     model = minilm.load(model_dir, backend=args.backend, progress=False)
-    weights, tokens = attention_weights(model, Tokenizer.from_pretrained(model_dir), args.text, args.layer)
+    if args.ids is not None:
+        ids = parse_ids(args.ids, model.config.vocab_size)
+        weights, tokens = ids_attention_weights(model, ids, args.layer), [str(i) for i in ids]
+    else:
+        weights, tokens = attention_weights(model, Tokenizer.from_pretrained(model_dir), args.text, args.layer)
     print(render_text(weights, tokens, args.layer, args.head, args.top))
     if args.png:
         figure(weights, tokens, args.layer, args.head).savefig(args.png, dpi=100)

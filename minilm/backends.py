@@ -18,7 +18,9 @@ def get_backend(name: str, **options):
         from .ops.numpy_backend import numpy_backend
         return numpy_backend()
     if name == "numba":
+        from .notices import announce_numba_compiles
         from .ops.numba_backend import numba_backend
+        announce_numba_compiles()            # a cold cache compiles for a minute or more: say so
         return numba_backend(**options)
     if name in ("cuda", "cuda-emulated"):
         require_extra("cupy", "cuda", f"backend={name!r}")   # the emulator also takes its headers from CuPy

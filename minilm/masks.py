@@ -187,7 +187,8 @@ def save_png(config_or_model, path: str, length: int | None = None, attention_ma
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None,
-                        help="checkpoint folder, hub id or .gguf (default: the bundled SmolLM2-135M-Instruct)")
+                        help="checkpoint folder, hub id or .gguf, or a config name of `minilm random-checkpoint` "
+                             "(command-r7b, cohere2, ...) (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--length", type=int, default=None,
                         help="sequence length to draw, padding included (default 8, or the prompt's length)")
     parser.add_argument("--pad", type=int, default=0, help="left padding: the first N positions are padding")
@@ -196,15 +197,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--color", action="store_true", help="highlight the diagonal in green (ANSI)")
 
 
+def model_or_named_config(model: str | None):
+    """A checkpoint folder, or the ModelConfig of a config name `minilm random-checkpoint` knows."""
+    from .config import parse_config
+    from .testing import named_config
+    config = named_config(model)
+    return parse_config(config, source=f"config {model!r}") if config else resolve_model_dir(model)
+
+
 def main(args) -> int:
     labels, length = None, args.length
     if length is not None:
         check_length(length, "--length")                 # before any model is converted or read
     if not 0 <= args.pad < MAX_LENGTH:
         raise ValueError(f"--pad={args.pad} must be from 0 to {MAX_LENGTH - 1}")
-    model_dir = resolve_model_dir(args.model)
+    model_dir = model_or_named_config(args.model)
     if args.prompt is not None:
         from .tokenizer import Tokenizer
+        if not isinstance(model_dir, str):
+            raise ValueError(f"--model {args.model} is a config name, without a tokenizer for --prompt: use "
+                             "--length, or a checkpoint folder")
         tokenizer = Tokenizer.from_pretrained(model_dir)
         ids = tokenizer.encode(args.prompt)
         labels = ["<pad>"] * args.pad + [tokenizer.decode([t]) for t in ids]

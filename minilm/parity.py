@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -195,8 +196,62 @@ class ParityReport:
 
 # --- transformers side --------------------------------------------------------
 
+def quiet_reference_imports() -> None:
+    """torchao (imported by transformers) logs a line per CUDA library it cannot load, and torch one per
+    Enum it registers: noise on a CPU machine, and not about the report. Keep their errors only."""
+    import logging
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def quiet_cache_deprecation():
+    """transformers 5.23 warns that `past_key_values` is deprecated for `cache`, but its forward still
+    ignores `cache=` (a decode step would silently run without its past): keep the working argument,
+    without the warning."""
+    import warnings
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+class ReferenceUnavailableError(RuntimeError):
+    """The reference library cannot run this checkpoint on this machine (a missing compiled kernel)."""
+
+
+MISSING_OP = re.compile(r"'_OpNamespace' '(\w+)' object has no attribute '(\w+)'")
+
+
+@contextmanager
+def reference_kernels_present(hf_model, model_dir: str):
+    """A quantized layer whose kernel exists only in a compiled library this machine lacks (torchao's int4
+    matmul, torch.ops.mslk.*, is CUDA-only) is a one-line reason, not an internal error."""
+    try:
+        yield
+    except (AttributeError, NotImplementedError) as e:
+        missing = MISSING_OP.search(str(e))
+        if missing is None:
+            raise
+        quantization = getattr(hf_model.config, "quantization_config", None) or {}
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else \
+            getattr(quantization, "quant_method", None)
+        library = getattr(method, "value", method) or "its quantization library"
+        raise ReferenceUnavailableError(
+            f"{model_dir}: transformers cannot run this checkpoint here: {library}'s kernel "
+            f"torch.ops.{missing.group(1)}.{missing.group(2)} is not in this installation (it comes with the "
+            "library's CUDA build), so there is no reference to compare with; minilm itself runs the "
+            "checkpoint (minilm generate --model ...)") from None
+
+
 def load_transformers_model(model_dir: str):
     """The reference: transformers, float32, eager attention."""
+    quiet_reference_imports()
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -427,7 +482,8 @@ def parity_report(model_dir: str, prompt=None, decode_steps: int = 3, threshold:
     for step in range(decode_steps + 1):
         stage = "prefill" if step == 0 else f"decode {step}"
         ours = model(step_ids, cache=cache, tape=True)
-        with torch.no_grad(), transformers_tape(hf_model) as reference:
+        with torch.no_grad(), transformers_tape(hf_model) as reference, quiet_cache_deprecation(), \
+                reference_kernels_present(hf_model, model_dir):
             hf_out = hf_model(input_ids=torch.as_tensor(step_ids), past_key_values=hf_cache, use_cache=True)
         hf_cache = hf_out.past_key_values
         reference["logits"] = hf_out.logits.float().numpy()

@@ -262,6 +262,15 @@ def incremental_logits(model, ids, mask, prefix):
 
 # --- `minilm random-checkpoint` --------------------------------------------------------------------
 
+def named_config(name: str | None) -> dict | None:
+    """The config `random-checkpoint --config NAME` writes (a published or a tiny one), or None: the other
+    commands accept these names wherever a model's config is all they need (`minilm masks --model NAME`)."""
+    if name is None or os.path.exists(os.path.expanduser(name)):             # a folder of that name wins
+        return None
+    config = REAL_CONFIGS.get(name) or TINY_CONFIGS.get(name)
+    return copy.deepcopy(config) if config else None
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("out", help="folder to write (config.json + model.safetensors, or model.gguf)")
     parser.add_argument("--config", required=True, choices=sorted(REAL_CONFIGS) + sorted(TINY_CONFIGS),
@@ -278,7 +287,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    config = REAL_CONFIGS.get(args.config) or TINY_CONFIGS[args.config]
+    config = named_config(args.config) or TINY_CONFIGS[args.config]
     init = args.init or ("hf" if args.config in REAL_CONFIGS else "scaled")
     path = random_checkpoint(config, args.out, dtype=args.dtype, seed=args.seed, init=init, progress=True)
     weights = path if path.endswith(".gguf") else os.path.join(path, "model.safetensors")

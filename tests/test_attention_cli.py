@@ -77,3 +77,22 @@ def test_png_without_matplotlib_is_a_one_line_error(monkeypatch, capsys, tmp_pat
     assert cli.main(["attention", "x", "--layer", "0", "--png", str(tmp_path / "a.png")]) == 2
     err = capsys.readouterr().err
     assert err == "minilm: error: attention pictures need matplotlib: pip install matplotlib\n"
+
+
+def test_ids_on_a_random_cohere2_without_tokenizer_print_transformers_weights(tiny_model, capsys):
+    """The README's sliding-window recipe: `random-checkpoint --config cohere2` writes no tokenizer; --ids
+    needs none. The printed top keys are transformers' weights' (its sliding layer sees at most 4 keys)."""
+    hf, folder = tiny_model("cohere2")
+    ids = [5, 9, 13, 17, 21, 25, 29, 33]
+    assert cli.main(["attention", "--model", folder, "--ids", ",".join(map(str, ids)), "--layer", "0",
+                     "--top", "8"]) == 0
+    printed = capsys.readouterr().out
+    with torch.no_grad():
+        expected = hf(torch.as_tensor([ids]), output_attentions=True).attentions[0][0].numpy()   # [H, T, T]
+    assert printed.strip() == render_text(expected, [str(i) for i in ids], 0, None, 8).strip()
+    assert (expected[:, 7, :4] == 0).all()                                   # window 4: keys 0-3 masked for query 7
+    for bad, message in [("5,x", "must be token ids"), ("5,256", "not below the model's vocab_size 256")]:
+        assert cli.main(["attention", "--model", folder, "--ids", bad, "--layer", "0"]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["attention", "--model", folder, "--layer", "0"]) == 2
+    assert "give a text to encode, or --ids" in capsys.readouterr().err

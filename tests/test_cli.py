@@ -118,3 +118,30 @@ def test_a_gguf_without_a_usable_tokenizer_is_named(tmp_path, capsys, monkeypatc
     assert main(["generate", "hi", "--model", gguf]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no tokenizer minilm can use (unsupported tokenizer model 'llama'" in err[0], err
+
+
+def test_a_quantized_load_says_how_many_layers_it_quantized_and_why_not_the_others(tiny_model):
+    import minilm
+    _, folder = tiny_model("llama")                                  # rows of 64 (q/k/v/o/gate/up), 128 (down)
+    with pytest.warns(UserWarning) as caught:
+        minilm.load(folder, quantize="int4", progress=False)
+    (message,) = [str(w.message) for w in caught]
+    assert message == (f"{folder}: int4 quantized 2 of 14 linear layers; the other 12 stay float32, because their "
+                       "rows of 64 values are not a multiple of int4's group of 128 (torchao skips such layers too; "
+                       "first: model.layers.0.self_attn.q_proj.weight)")
+
+
+def test_cli_warnings_are_one_line_and_float16_is_not_offered(monkeypatch, capsys):
+    import warnings
+    from minilm import masks
+
+    def warns(args):
+        warnings.warn("something the user should know\n  over two lines", UserWarning)
+        return 0
+    monkeypatch.setattr(masks, "main", warns)
+    assert main(["masks"]) == 0
+    assert capsys.readouterr().err == "minilm: warning: something the user should know over two lines\n"
+    assert warnings.showwarning is not None and warnings.showwarning.__name__ != "one_line_warning"   # restored
+    with pytest.raises(SystemExit):
+        main(["generate", "Hi", "--weight-dtype", "float16"])        # the default backend cannot run it
+    assert "invalid choice: 'float16'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Attention-mask pictures equal transformers' masking_utils, for llama and cohere2, with padding."""
 import argparse
+import json
 import os
 
 import numpy as np
@@ -110,3 +111,20 @@ def test_cli_main(tiny_model, tmp_path, capsys):
     assert "7 tokens, 2 padding" in out and "layer 3" in out and os.path.getsize(png) > 0
     with pytest.raises(ValueError, match="--pad"):
         main(parser.parse_args(["--model", folder, "--length", "3", "--pad", "3"]))
+
+
+@pytest.mark.parametrize("name", ["command-r7b", "cohere2", "llama-2-7b"])
+def test_config_names_of_random_checkpoint_are_accepted(name, tmp_path, capsys):
+    """`masks --model NAME` draws what it draws for a folder holding the config random-checkpoint writes."""
+    from minilm.testing import REAL_CONFIGS, TINY_CONFIGS
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(REAL_CONFIGS.get(name) or TINY_CONFIGS[name]))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args(["--model", str(folder), "--length", "6", "--pad", "1"])) == 0
+    from_folder = capsys.readouterr().out
+    assert main(parser.parse_args(["--model", name, "--length", "6", "--pad", "1"])) == 0
+    assert capsys.readouterr().out == from_folder
+    with pytest.raises(ValueError, match="config name, without a tokenizer"):
+        main(parser.parse_args(["--model", name, "--prompt", "hi"]))

@@ -7,10 +7,16 @@ repository sees the plots. After editing a source:
 
     python notebooks/execute.py notebooks/NN_name.py
 
+The committed outputs cannot go stale: each fresh run's printed text (stdout and text displays) must
+equal the committed text, floats to 3 significant digits, with timings, load averages and absolute
+paths ignored (see `normalised`). Committed notebooks show no library warnings.
+
 Notebooks 01, 03, 06 and 07 use the real default model (SmolLM2-135M-Instruct); the session
 fixture converts it once.
 """
+import difflib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -81,13 +87,84 @@ def _outputs_text(nb) -> str:
     return "\n".join(parts)
 
 
+# --- committed outputs that cannot go stale ------------------------------------------------------------
+# A fresh run's printed text must be the committed text, up to what legitimately varies between runs:
+# timings (and the ratios and load averages printed beside them), absolute paths, and float digits
+# beyond the third significant one. Integers (counts, shapes, token ids) must match exactly.
+TIMING_LINE = re.compile(r"\d\s*(s|ms|µs)\b|/s\b|load average|speed")
+FLOAT = re.compile(r"(?<![\w.])[-+]?(\d+\.\d*|\.\d+|\d+(?=e))(e[-+]?\d+)?(?![\w.])", re.I)
+NUMBER = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?", re.I)
+PATH = re.compile(r"(?<![\w.])/[^\s'\",)]+")
+
+
+def normalised(text: str) -> str:
+    """The comparable form of printed text: floats to 3 significant digits, every number on a timing
+    line as '#', absolute paths as '<path>', runs of spaces as one."""
+    lines = []
+    for line in PATH.sub("<path>", text).splitlines():
+        if TIMING_LINE.search(line):
+            lines.append(NUMBER.sub("#", line))
+        else:
+            lines.append(FLOAT.sub(lambda m: f"{float(m.group(0)):.3g}", line))
+    return "\n".join(re.sub(r"\s+", " ", line).rstrip() for line in lines)     # column padding varies too
+
+
+def printed_by_cell(nb) -> list[str]:
+    """Per code cell, what it printed (stdout) and displayed as text (figures appear as their repr).
+    stderr is left out: progress bars and first-run notices (a cold Numba cache) come and go."""
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        parts = [out.get("text", "") if out.get("output_type") == "stream" else out["data"].get("text/plain", "")
+                 for out in cell.get("outputs", [])
+                 if (out.get("output_type") == "stream" and out.get("name") == "stdout") or "data" in out]
+        cells.append(normalised("".join(parts)))
+    return cells
+
+
+def stale_cells(committed, fresh) -> list[str]:
+    """One description per code cell whose committed text differs from the fresh run's."""
+    problems = []
+    for i, (old, new) in enumerate(zip(printed_by_cell(committed), printed_by_cell(fresh))):
+        if old != new:
+            diff = difflib.unified_diff(old.splitlines(), new.splitlines(), "committed", "fresh run", lineterm="", n=0)
+            problems.append(f"code cell {i}:\n" + "\n".join(list(diff)[2:12]))
+    return problems
+
+
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
-def test_notebook_runs(source, request, monkeypatch, tmp_path):
+def test_notebook_runs_and_prints_what_is_committed(source, request, monkeypatch, tmp_path):
     if source.stem in USES_DEFAULT_MODEL:
         request.getfixturevalue("smollm2_dir")     # convert once per session; kernels inherit MINILM_CACHE
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
-    text = _outputs_text(execute(source, timeout=CELL_TIMEOUT))
+    fresh = execute(source, timeout=CELL_TIMEOUT)
+    text = _outputs_text(fresh)
     for expected in EXPECTED[source.stem]:
         assert expected in text, f"{source.stem}: expected output {expected!r} not found"
+    stale = stale_cells(nbformat.read(source.with_suffix(".ipynb"), as_version=4), fresh)
+    assert not stale, (f"{source.stem}.ipynb's committed outputs are stale (re-execute it: python notebooks/execute.py "
+                       f"{source.relative_to(ROOT)}):\n" + "\n".join(stale))
     print(f"{source.stem}: {time.perf_counter() - start:.1f} s")
+
+
+def test_normalised_keeps_counts_and_digits_that_matter():
+    """The comparison can fail: a changed count, shape or third digit is a difference; timings are not."""
+    assert normalised("453 recorded intermediates") != normalised("483 recorded intermediates")
+    assert normalised("(1, 37, 576)") != normalised("(1, 38, 576)")
+    assert normalised("max |d| = 1.23e-06") != normalised("max |d| = 1.24e-06")
+    assert normalised("max |d| = 1.234e-06 at /tmp/a/b") == normalised("max |d| = 1.2341e-06 at /home/x/y")
+    assert normalised("8 tokens in 5.7 s on numpy") == normalised("8 tokens in 6.1 s on numpy")
+    assert normalised("numba  0.017 ms  17.61 GB/s") == normalised("numba  0.020 ms  15.02 GB/s")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_shows_no_library_warnings(source):
+    """Warnings from torch, torchao and transformers are silenced where they start, not committed."""
+    committed = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    errors = [out.get("text", "") for cell in committed.cells for out in cell.get("outputs", [])
+              if out.get("output_type") == "stream" and out.get("name") == "stderr"]
+    noisy = [line for text in errors for line in text.splitlines()
+             if re.search(r"Warning|deprecated|Failed to load|^W\d{4}", line)]
+    assert not noisy, f"{source.stem}.ipynb shows library warnings: {noisy[:3]}"

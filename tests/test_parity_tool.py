@@ -98,3 +98,29 @@ def test_plot(tiny_model):
     _, folder = tiny_model("cohere")
     ax = parity_report(folder, decode_steps=0).plot()
     assert ax.get_ylabel() == "max_rel error"
+
+
+def test_a_reference_kernel_missing_here_is_a_one_line_reason(tmp_path, capsys):
+    """torchao's int4 matmul is CUDA-only (torch.ops.mslk.*): without it, `minilm parity` on a torchao int4
+    checkpoint says so in one line (exit 2), instead of an internal error."""
+    import torch
+    from minilm.cli import main as cli_main
+    from minilm.testing import random_checkpoint, tiny_config
+    folder = random_checkpoint(tiny_config("llama"), str(tmp_path / "int4"), dtype="int4", seed=0)
+    status = cli_main(["parity", "--model", folder, "--ids", "5,6,7", "--steps", "0"])
+    err = capsys.readouterr().err
+    if hasattr(torch.ops.mslk, "bf16i4bf16_rowwise"):                 # a CUDA build of torchao: the report runs
+        assert status in (0, 1) and "internal error" not in err
+        return
+    (line,) = [line for line in err.splitlines() if not line.startswith("minilm: compiling")]   # a cold cache's notes
+    assert status == 2 and "Traceback" not in err
+    assert line.startswith(f"minilm: error: {folder}: transformers cannot run this checkpoint here: torchao's kernel "
+                          "torch.ops.mslk.bf16i4bf16_rowwise is not in this installation")
+
+
+def test_other_reference_errors_are_not_relabelled():
+    from types import SimpleNamespace
+    from minilm.parity import reference_kernels_present
+    with pytest.raises(AttributeError, match="no attribute 'weight'"):
+        with reference_kernels_present(SimpleNamespace(config=SimpleNamespace()), "m"):
+            raise AttributeError("'Linear' object has no attribute 'weight'")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..notices import notice
 from .toolchain import cache_dir, cuda_include_dirs
 
 HEADER = Path(__file__).resolve().parent / "cuda_harness.h"
@@ -186,6 +187,8 @@ def build_library(source: str, name_expressions: list[str], debug: bool = False,
     library = cached_library_path(text, compiler, flags)
     if library.exists():
         return library
+    notice(f"building the CUDA emulation harness for {len(name_expressions)} kernel(s) with "
+           f"{os.path.basename(compiler)}", f"once per kernel source, 5-45 s; cached in {library.parent}")
     cpp = library.with_suffix(".cpp")
     cpp.write_text(text)
     partial = library.with_suffix(f".{os.getpid()}.tmp")
