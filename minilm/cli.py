@@ -127,7 +127,17 @@ def load_model(args):
                         quantize=args.quantize, mode=arithmetic_mode(args), cache_dtype=args.cache_dtype, **options)
     if getattr(args, "verbose", False):
         print(f"[loaded: {weight_summary(model)}]", file=sys.stderr)
+        print(f"[cpu: {cpu_summary(args.backend)}]", file=sys.stderr)
     return model
+
+
+def cpu_summary(backend: str) -> str:
+    """'AMD EPYC (avx2 fma f16c), fast kernels: avx2, 2 threads': the CPU and the code it runs."""
+    from .bench import machine
+    m = machine()
+    isa = " ".join(m["isa"]) or "no flags read"
+    kernels = f"fast kernels: {m['kernel_path']}" if backend == "numba" else f"backend {backend}"
+    return f"{m['cpu']} ({isa}), {kernels}, {m['numba_threads']} threads"
 
 
 def weight_summary(model) -> str:

@@ -28,11 +28,12 @@ def test_bench_reports_every_backend(tiny, tmp_path, capsys):
     args = cli.build_parser().parse_args(
         ["bench", "--model", folder, "--gguf", gguf, "--backends", "numpy,numba,numba-bf16,numba-q8_0,numba-int4,"
          "numba-gguf,numba-gguf-exact,transformers", "--prompt-tokens", "5", "--new-tokens", "3",
-         "--prefill-tokens", "20", "--repeats", "1", "--json", str(out)])
+         "--prefill-tokens", "20", "--repeats", "1", "--threads", "1", "--json", str(out)])
     assert args.func(args) == 0
     captured = capsys.readouterr()
     assert "estimated" in captured.err and "decode run 1/1" in captured.err       # an estimate, then progress
-    for name in ("numba-gguf-exact", "vs transformers", "load average before", "KV cache / token"):
+    for name in ("numba-gguf-exact", "vs transformers", "load average before", "KV cache / token",
+                 "minilm fast kernels: ", "1 threads"):
         assert name in captured.out
     assert "nan" not in captured.out
     report = json.loads(out.read_text())
@@ -47,6 +48,51 @@ def test_bench_reports_every_backend(tiny, tmp_path, capsys):
         results["numba"]["weight_bytes"]
     assert "q4_1/fast" in results["numba-gguf"]["description"]
     assert "q4_1/exact" in results["numba-gguf-exact"]["description"]
+    assert results["transformers"]["description"].endswith(", 1 threads")        # --threads reached torch
+    assert report["machine"]["numba_threads"] == 1 and report["machine"]["kernel_path"]
+    for r in results.values():                                                      # read around each child
+        assert len(r["load_average_before"]) == 3 and len(r["load_average_after"]) == 3
+
+
+def test_machine_names_the_cpu_its_flags_and_the_kernel_path():
+    from minilm.ops.numba_simd import SIMD_LEVEL
+    m = bench.machine()
+    line = bench.machine_line(m)
+    assert m["kernel_path"] == SIMD_LEVEL and f"minilm fast kernels: {SIMD_LEVEL}" in line
+    if os.path.exists("/proc/cpuinfo"):
+        assert m["cpu"] != "unknown CPU" and m["cpu"] in line
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith(("flags", "Features"))).split(":")[1].split())
+        assert set(m["isa"]) == flags & set(bench.ISA_FLAGS)
+
+
+def test_a_crashing_llama_cpp_is_measured_again_one_token_per_batch(monkeypatch):
+    """llama-cpp-python 0.3.36 died with SIGSEGV evaluating a 16-token batch on an AMX Xeon: the bench
+    names the signal in one line and measures it again with batches of one token."""
+    from minilm.bench import runner
+    calls = []
+
+    def fake_child(command, payload, log, threads):
+        calls.append(payload.get("llama_batch"))
+        if payload.get("llama_batch") is None:
+            raise runner.ChildDied("benchmark child measure was killed by SIGSEGV\nstack")
+        return {"description": "llama.cpp 0.3.36, 2 threads, f16 KV cache, one token per batch"}
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    r = bench.measure_in_child(parse_spec("llama.cpp"), {}, lambda m: None, None)
+    assert calls == [None, 1] and r["description"].endswith("(batches of 512 crashed: SIGSEGV)")
+    with pytest.raises(runner.ChildDied):                                          # minilm's own crash: no retry
+        bench.measure_in_child(parse_spec("numba"), {}, lambda m: None, None)
+
+
+def test_a_child_killed_by_a_signal_is_reported_in_one_line(tmp_path, monkeypatch):
+    import sys
+    from minilm.bench import runner
+    script = tmp_path / "die.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    real_popen = runner.subprocess.Popen
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda argv, **kw: real_popen([sys.executable, str(script)], **kw))
+    with pytest.raises(runner.ChildDied, match="killed by SIGSEGV"):
+        runner.run_child("measure", {}, log=lambda m: None)
 
 
 def test_unavailable_backends_are_named_not_nan(tiny, capsys, monkeypatch):

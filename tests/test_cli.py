@@ -92,6 +92,8 @@ def test_gguf_runs_as_stored_and_exact_mode_answers_as_the_float32_copy(smollm2_
     stored = capsys.readouterr()
     assert "Q4_1.gguf as stored, mode exact" in stored.err
     assert "[loaded: 210 q4_1 exact, " in stored.err and "1 q8_0 exact]" in stored.err  # the file's blocks
+    from minilm.ops.numba_simd import SIMD_LEVEL
+    assert f"fast kernels: {SIMD_LEVEL}, " in stored.err.split("[cpu: ", 1)[1]          # the CPU and its code
     side_folder = stored.err.split("[model ", 1)[1].split(";", 1)[0]
     assert sorted(os.listdir(side_folder)) == ["config.json", "generation_config.json", "minilm-conversion.json",
                                                "tokenizer.json", "tokenizer_config.json"]   # no float32 copy
