@@ -34,6 +34,7 @@ from .models.base import shortest_float32
 
 GGUF_MAGIC = b"GGUF"
 NATIVE_BLOCKS = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}   # GGUF type -> Weight format, as stored
+SCALE_BYTES = {"Q8_0": 2, "Q4_0": 2, "Q4_1": 4}   # each block starts with its fp16 scale d (Q4_1: and min m)
 
 
 class GGUFError(WeightsError):
@@ -259,6 +260,7 @@ class GGUFTensor:
     shape: tuple            # HF layout: [OUT, IN] or [D]
     raw: np.ndarray         # the file's bytes (a memory map)
     permute_heads: int | None = None   # q/k rows to un-permute (llama)
+    path: str = "GGUF file"            # the file, for error messages
 
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
@@ -291,7 +293,7 @@ def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
                             f"{list(spec.shape)} from its metadata")
         projection = base.rsplit(".", 1)[-1]
         tensors[hf_name] = GGUFTensor(hf_name, gguf_name, type_name, shape, reader.data(gguf_name),
-                                      heads.get(projection))
+                                      heads.get(projection), reader.path)
     extra = [n for n in stored if n != "rope_freqs.weight"]
     if extra:
         raise GGUFError(f"{reader.path}: unexpected tensor {extra[0]!r}"
@@ -348,8 +350,17 @@ def decoded(tensor: GGUFTensor) -> np.ndarray:
     if tensor.permute_heads:
         values = unpermute_rope_rows(values, tensor.permute_heads)
     if not np.isfinite(values).all():
-        raise GGUFError(f"tensor {tensor.gguf_name!r} contains NaN or Inf")
+        raise GGUFError(f"{tensor.path}: tensor {tensor.gguf_name!r} contains NaN or Inf")
     return values
+
+
+def check_block_scales(tensor: GGUFTensor, rows: np.ndarray) -> None:
+    """Refuse NaN or Inf in the fp16 scales of blocks used as stored (rows [..., block bytes]):
+    a kernel would absorb them silently. The scales interleave with the codes, so this reads every
+    page of the tensor once at load (the first forward would read them anyway)."""
+    scales = rows[..., :SCALE_BYTES[tensor.type_name]].view(np.uint16)          # [..., 1 or 2]
+    if ((scales & 0x7C00) == 0x7C00).any():                                      # fp16 exponent all ones
+        raise GGUFError(f"{tensor.path}: tensor {tensor.gguf_name!r} has a NaN or Inf block scale")
 
 
 def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
@@ -357,6 +368,7 @@ def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
     if tensor.type_name in NATIVE_BLOCKS:
         fmt = NATIVE_BLOCKS[tensor.type_name]
         rows = tensor.raw.reshape(tensor.shape[0], tensor.shape[1] // 32, -1)   # [OUT, IN/32, block bytes]
+        check_block_scales(tensor, rows)
         if tensor.permute_heads:
             rows = unpermute_rope_rows(rows, tensor.permute_heads)              # a copy of q/k only
         return Weight(fmt, tensor.shape, {"blocks": rows}, mode), None

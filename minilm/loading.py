@@ -21,10 +21,10 @@ from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_ggu
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
-from .safetensors_file import StoredTensor
+from .safetensors_file import StoredTensor, read_header
 from .torchao_file import torchao_formats, torchao_weights
-from .weights import (check_layer_count, checkpoint_metadata, file_identity, read_checked, read_checkpoint,
-                      to_float32)
+from .weights import (check_finite, check_layer_count, checkpoint_metadata, file_identity, read_checked,
+                      read_checkpoint, to_float32)
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -215,6 +215,29 @@ def load_gguf_weights(path: str, ops, quantize, mode, progress, options=None):
     for notice, count in notices.items():
         warnings.warn(f"{path}: {count} tensors have no native kernel: {notice}", stacklevel=3)
     return cfg, weights, [path]
+
+
+def check_mapped_weights(files) -> None:
+    """Scan the memory-mapped weight files for the tensor that holds NaN or Inf and raise a WeightsError
+    naming it. Called only when a forward's logits are not finite (mapped tensors are not read at load,
+    so this is where a NaN among them is found); returns quietly when every stored value is finite
+    (the non-finite logits then come from finite weights that overflow)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from .gguf_file import NATIVE_BLOCKS, GGUFTensor, check_block_scales
+    for path in files:
+        if path.endswith(".gguf"):
+            reader = open_gguf(path)
+            for name, (type_name, shape, _, _) in reader.tensors.items():
+                tensor = GGUFTensor(name, name, type_name, tuple(shape), reader.data(name), path=path)
+                if type_name in NATIVE_BLOCKS:
+                    block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][1]
+                    check_block_scales(tensor, tensor.raw.reshape(-1, block_bytes))      # [blocks, block bytes]
+                elif type_name in ("F32", "F16", "BF16"):
+                    decoded(tensor)                                                     # refuses NaN and Inf
+        else:
+            for stored in read_header(path)[0].values():
+                if stored.dtype in STORED_FORMAT:
+                    check_finite(stored, stored.map())
 
 
 def load_generation_config(folder: str) -> dict:

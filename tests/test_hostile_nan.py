@@ -92,3 +92,81 @@ def test_nan_comparison_can_fail():
     zeroed = np.nan_to_num(expected_out, nan=0.0)
     with pytest.raises(AssertionError):
         assert_same_with_nan(zeroed, expected_out)
+
+
+# --- stored scales: refused at load, naming the tensor ------------------------------------------
+
+def _spoiled_smollm2_gguf(tmp_path, tensor: str, byte_offset: int, value: bytes) -> str:
+    """A copy of the shipped SmolLM2 Q4_1 GGUF with `value` written into `tensor` at `byte_offset`."""
+    import shutil
+    from minilm.gguf_file import GGUFFile
+    from tests.smollm2_gguf import PATH
+    copy = str(tmp_path / "spoiled.gguf")
+    shutil.copyfile(PATH, copy)
+    reader = GGUFFile(copy)
+    _, _, offset, _ = reader.tensors[tensor]
+    with open(copy, "r+b") as f:
+        f.seek(reader.data_start + offset + byte_offset)
+        f.write(value)
+    return copy
+
+
+@pytest.mark.parametrize("byte_offset, value", [(20 * 7, np.float16(np.nan).tobytes()),       # block 7's d
+                                                (20 * 7 + 2, np.float16(np.inf).tobytes())])  # block 7's m
+def test_a_non_finite_gguf_block_scale_is_refused_at_load(tmp_path, byte_offset, value):
+    """One Q4_1 block (20 bytes: fp16 d, fp16 m, 16 bytes of codes) of a q projection with a NaN scale
+    or an Inf minimum: minilm.load refuses it naming the file and the tensor (it was absorbed)."""
+    import minilm
+    from minilm.errors import WeightsError
+    path = _spoiled_smollm2_gguf(tmp_path, "blk.0.attn_q.weight", byte_offset, value)
+    with pytest.raises(WeightsError, match=r"spoiled.gguf: tensor 'blk.0.attn_q.weight' has a NaN or Inf block scale"):
+        minilm.load(path, progress=False)
+
+
+def test_a_finite_change_to_the_same_block_loads(tmp_path):
+    """Negative control: the same byte edited to a finite scale loads (the check reads scales, not codes)."""
+    import minilm
+    path = _spoiled_smollm2_gguf(tmp_path, "blk.0.attn_q.weight", 20 * 7, np.float16(0.5).tobytes())
+    assert minilm.load(path, progress=False).config.num_hidden_layers == 30
+
+
+# --- memory-mapped float matrices: named at the first forward they reach -----------------------
+
+def _edit_tensor(folder, name, edit):
+    """Rewrite one tensor of the folder's model.safetensors in place (same layout)."""
+    from minilm.safetensors_file import read_header
+    path = f"{folder}/model.safetensors"
+    stored = read_header(path)[0][name]
+    values = stored.read()
+    edit(values)
+    with open(path, "r+b") as f:
+        f.seek(stored.offset)
+        f.write(values.tobytes())
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    from minilm.testing import tiny_checkpoint
+    return tiny_checkpoint("llama", str(tmp_path / "tiny"))
+
+
+def test_a_nan_in_a_mapped_matrix_is_named_at_the_first_forward(tiny):
+    import minilm
+    from minilm.errors import WeightsError
+    _edit_tensor(tiny, "model.layers.1.self_attn.q_proj.weight", lambda v: v.flat.__setitem__(5, np.nan))
+    model = minilm.load(tiny, progress=False)                        # mapped: nothing read at load
+    with pytest.raises(WeightsError, match=r"model.safetensors: tensor 'model.layers.1.self_attn.q_proj.weight' "
+                                           "contains NaN or Inf"):
+        model(np.array([[1, 2, 3]]), logits_to_keep=1)               # the NaN reaches the kept logits
+
+
+def test_overflow_of_finite_weights_is_left_to_the_step_check(tiny):
+    """Negative control: huge finite weights overflow into non-finite logits, but no stored tensor holds
+    NaN, so the forward returns them and generate's step check stops (GenerationError, not WeightsError)."""
+    import minilm
+    from minilm.generate import GenerationError
+    _edit_tensor(tiny, "model.norm.weight", lambda v: v.__imul__(np.float32(3e37)))
+    model = minilm.load(tiny, progress=False)
+    assert not np.isfinite(model(np.array([[1, 2, 3]])).logits).all()
+    with pytest.raises(GenerationError):
+        model.generate(np.array([[1, 2, 3]]), max_new_tokens=2)

@@ -318,13 +318,24 @@ class DecoderModel:
         cfg, ops = self.config, self.backend
         if cfg.is_sequence_classifier:
             scores = np.asarray(ops.to_numpy(ops.linear(x, self.w("score.weight"), None)))  # [B, T, labels]
+            self._check_finite(scores)
             return scores[np.arange(ids.shape[0]), self._pooled_index(ids)]
         logits = ops.linear(x, self.w("lm_head.weight"), None)                 # [B, T, V]
         if cfg.logit_scale != 1.0:
             logits = ops.scale_logits(logits, cfg.logit_scale)                  # Cohere
         logits = np.asarray(ops.to_numpy(logits), dtype=np.float32)
+        self._check_finite(logits)
         self.record(ctx, "logits", logits)
         return logits
+
+    def _check_finite(self, logits: np.ndarray) -> None:
+        """A NaN or Inf in any weight a forward uses reaches its logits (attention and every kernel
+        propagate NaN): only then are the memory-mapped files scanned, to name the tensor. One isfinite
+        over the logits per forward; with finite weights the logits are returned for the caller's
+        checks (generate stops at the step, perplexity refuses the loss)."""
+        if self.mapped_files and not np.isfinite(logits).all():
+            from ..loading import check_mapped_weights
+            check_mapped_weights(self.mapped_files)
 
     def _pooled_index(self, ids: np.ndarray) -> np.ndarray:
         """LlamaForSequenceClassification pools the rightmost non-pad token of each row."""
