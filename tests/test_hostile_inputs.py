@@ -1,0 +1,64 @@
+"""Arguments of a forward, refused with one line naming the argument (issue 23)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import minilm
+from minilm.testing import tiny_checkpoint
+from tests.hostile_helpers import time_limit  # noqa: F401  (autouse fixture)
+
+IDS = np.array([[1, 2, 3, 4]])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    return {family: minilm.load(tiny_checkpoint(family, str(folder / family)), backend="numpy", progress=False)
+            for family in ("llama", "cohere2")}
+
+
+@pytest.mark.parametrize("bad", [-1, "vocab"])
+def test_labels_outside_the_vocabulary_are_refused_like_transformers(models, bad):
+    model = models["llama"]
+    V = model.config.vocab_size
+    label = V if bad == "vocab" else bad
+    labels = np.array([[1, 2, label, 4]])
+    with pytest.raises(IndexError):                       # what transformers' loss does with it
+        torch.nn.functional.cross_entropy(torch.zeros(1, V), torch.tensor([label]), ignore_index=-100)
+    with pytest.raises(ValueError, match=f"label {label} is outside the vocabulary"):
+        model(IDS, labels=labels)
+
+
+def test_ignored_labels_still_give_the_loss(models):
+    """Negative control: -100 is ignored, as in transformers, and the first label is never used."""
+    out = models["llama"](IDS, labels=np.array([[-7, 2, -100, 4]]))
+    assert np.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"logits_to_keep": -1}, "logits_to_keep=-1 must be an integer >= 0"),
+    ({"logits_to_keep": 1.5}, "logits_to_keep=1.5 must be an integer >= 0"),
+    ({"position_ids": np.array([[0.0, 1.5, 2.0, 3.0]])}, "position_ids must be integers"),
+    ({"position_ids": np.array([[0, 1, 2]])}, r"position_ids has shape \(1, 3\); expected \(1, 4\)"),
+])
+def test_bad_forward_arguments_are_named(models, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models["llama"](IDS, **kwargs)
+
+
+@pytest.mark.parametrize("input_ids, message", [
+    (np.zeros((0, 4), np.int64), r"B >= 1 and T >= 1, got shape \(0, 4\)"),
+    ([[1, 2, 3], [4, 5]], "input_ids must be a rectangular array"),
+])
+def test_empty_batch_and_ragged_rows_are_refused(models, input_ids, message):
+    with pytest.raises(ValueError, match=message):
+        models["llama"](input_ids)
+
+
+def test_a_cache_of_another_model_is_refused(models):
+    cache = models["cohere2"].new_cache()
+    with pytest.raises(ValueError, match="the cache was not made for this llama model"):
+        models["llama"](IDS, cache=cache)
+    models["llama"](IDS, cache=models["llama"].new_cache())          # negative control: its own cache runs
