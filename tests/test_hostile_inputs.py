@@ -62,3 +62,11 @@ def test_a_cache_of_another_model_is_refused(models):
     with pytest.raises(ValueError, match="the cache was not made for this llama model"):
         models["llama"](IDS, cache=cache)
     models["llama"](IDS, cache=models["llama"].new_cache())          # negative control: its own cache runs
+
+
+def test_a_forward_too_large_to_mask_is_refused_before_allocating(models):
+    """A 40,000-token forward needs a 1.5 GiB [B, T, S] mask: refused by name, before any work."""
+    with pytest.raises(ValueError, match=r"needs a \[B, T, S\] attention mask of 1.5 GiB .*prefill_chunk"):
+        models["llama"](np.ones((1, 40_000), np.int64))
+    with pytest.raises(ValueError, match=r"output_attentions for 12000 tokens"):
+        models["llama"](np.ones((1, 12_000), np.int64), output_attentions=True)

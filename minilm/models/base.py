@@ -57,6 +57,8 @@ class TensorSpec(NamedTuple):
 
 
 MATRIX_KINDS = ("linear", "head", "embedding")
+MAX_MASK_ELEMENTS = 2**30        # one forward's [B, T, S] bool mask: 1 GiB (T = S = 32768)
+MAX_ATTENTION_BYTES = 4 * 2**30  # output_attentions: every layer's [B, H, T, S] float32 weights
 
 
 def shortest_float32(value: float) -> float:
@@ -277,6 +279,7 @@ class DecoderModel:
             self._check_cache(cache, B)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, np.integer)) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep={logits_to_keep!r} must be an integer >= 0 (0: every position)")
+        self._check_attention_size(B, T, past + T, output_attentions)
         mask_2d = self._full_mask(attention_mask, cache, B, T, past)
         if position_ids is None:
             # transformers' plain forward: arange + past for every row, padding ignored.
@@ -370,6 +373,19 @@ class DecoderModel:
             raise ValueError(f"token id {int(ids[bad][0])} in input_ids is outside the vocabulary "
                              f"[0, {self.config.vocab_size})")
         return ids.astype(np.int64)
+
+    def _check_attention_size(self, B: int, T: int, S: int, output_attentions: bool) -> None:
+        """A forward builds a [B, T, S] mask (and, for output_attentions, [B, H, T, S] float32 weights
+        per layer): refuse sizes past the limits before allocating, instead of a MemoryError minutes in."""
+        if B * T * S > MAX_MASK_ELEMENTS:
+            raise ValueError(f"a forward of {B} x {T} new tokens over {S} positions needs a [B, T, S] attention "
+                             f"mask of {B * T * S / 2**30:.1f} GiB (limit {MAX_MASK_ELEMENTS / 2**30:.0f} GiB): feed "
+                             "the tokens in chunks with a cache (generate's prefill_chunk does)")
+        weights = 4 * B * self.config.num_attention_heads * T * S * self.config.num_hidden_layers
+        if output_attentions and weights > MAX_ATTENTION_BYTES:
+            raise ValueError(f"output_attentions for {T} tokens over {S} positions would hold {weights / 2**30:.1f} "
+                             f"GiB of weights (limit {MAX_ATTENTION_BYTES / 2**30:.0f} GiB): use fewer tokens, or "
+                             "on_record to keep one layer's")
 
     def _check_cache(self, cache: KVCache, B: int) -> None:
         """The cache must be one this model made: same layers, windows, kv heads and head size."""
