@@ -7,7 +7,6 @@ the backend prepares it (or refuses its format by name).
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -15,7 +14,7 @@ from .backends import get_backend
 from .bnb_file import bnb_quant_type, bnb_weights
 from .cache import storage
 from .config import ModelConfig, load_config, parse_config
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, load_json_file
 from .formats import Weight, get_format, quantize as encode
 from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
@@ -244,16 +243,19 @@ def load_generation_config(folder: str) -> dict:
     """The checkpoint's generation_config.json as a dict ({} when it has none).
 
     Like transformers' `model.generation_config`: `generate` and the CLI take their sampling
-    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given.
+    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given. Read with
+    the size cap of every JSON file; each value generate uses is type-checked here, naming the file
+    and the key (a string temperature would otherwise fail deep in a kernel).
     """
+    from .generate import CHECKPOINT_SETTINGS, GenerationError, check_setting
     path = os.path.join(folder, "generation_config.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    values = load_json_file(path, "generation_config.json", ConfigError)
+    for key in (*CHECKPOINT_SETTINGS, "eos_token_id", "pad_token_id"):
+        try:
+            if values.get(key) is not None:                     # null: unset, as transformers reads it
+                check_setting(key, values[key])
+        except GenerationError as e:
+            raise ConfigError(f"{path}: {e}") from None
     return values

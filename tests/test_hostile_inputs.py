@@ -70,3 +70,56 @@ def test_a_forward_too_large_to_mask_is_refused_before_allocating(models):
         models["llama"](np.ones((1, 40_000), np.int64))
     with pytest.raises(ValueError, match=r"output_attentions for 12000 tokens"):
         models["llama"](np.ones((1, 12_000), np.int64), output_attentions=True)
+
+
+# --- generate() arguments and generation_config.json: typed, one line naming the key -------------
+
+BAD_SETTINGS = [
+    ("temperature", "hot"), ("temperature", float("nan")), ("do_sample", "yes"), ("max_new_tokens", True),
+    ("max_new_tokens", 2.5), ("top_k", 1.5), ("top_p", float("nan")), ("min_p", "0.1"),
+    ("repetition_penalty", float("inf")), ("seed", -1), ("seed", 1.5), ("eos_token_id", "2"),
+    ("eos_token_id", [1.5]), ("prefill_chunk", 0), ("threads", "2"),
+]
+
+
+@pytest.mark.parametrize("key, value", BAD_SETTINGS)
+def test_bad_generate_arguments_are_named(models, key, value):
+    from minilm.generate import GenerationError
+    with pytest.raises(GenerationError, match=rf"^{key}=.* must be"):
+        models["llama"].generate(IDS, **{"max_new_tokens": 2, key: value})
+
+
+@pytest.mark.parametrize("input_ids, message", [(np.zeros((0, 3), np.int64), r"batch >= 1"),
+                                                ([[1, 2, 3], [4]], "rectangular")])
+def test_generate_refuses_an_empty_batch_and_ragged_rows(models, input_ids, message):
+    from minilm.generate import GenerationError
+    with pytest.raises(GenerationError, match=message):
+        models["llama"].generate(input_ids, max_new_tokens=2)
+
+
+def test_good_generate_arguments_run(models):
+    """Negative control: numpy integers and floats of the right kinds are accepted."""
+    out = models["llama"].generate(IDS, max_new_tokens=np.int64(2), do_sample=np.bool_(True),
+                                   temperature=np.float32(0.7), top_k=5, seed=np.int64(3), eos_token_id=[])
+    assert out.shape == (1, 6)
+
+
+@pytest.mark.parametrize("key, value", [(k, v) for k, v in BAD_SETTINGS
+                                        if k not in ("prefill_chunk", "threads", "seed") and v == v])   # JSON: no NaN
+def test_bad_generation_config_values_are_named_at_load(tmp_path, key, value):
+    import json
+    from minilm.errors import ConfigError
+    folder = tiny_checkpoint("llama", str(tmp_path / "tiny"))
+    with open(f"{folder}/generation_config.json", "w") as f:
+        json.dump({"do_sample": True, key: value}, f)
+    with pytest.raises(ConfigError, match=rf"generation_config.json: {key}=.* must be"):
+        minilm.load(folder, backend="numpy", progress=False)
+
+
+def test_generation_config_is_read_with_the_json_rules(tmp_path):
+    from minilm.errors import ConfigError
+    folder = tiny_checkpoint("llama", str(tmp_path / "tiny"))
+    with open(f"{folder}/generation_config.json", "w") as f:
+        f.write("[" * 100_000)                                   # deep nesting: not a RecursionError
+    with pytest.raises(ConfigError, match="generation_config.json: generation_config.json is nested too deeply"):
+        minilm.load(folder, backend="numpy", progress=False)
