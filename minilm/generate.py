@@ -257,8 +257,8 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefi
     kernels; None adapts it per step to what the machine gives (ThreadTuner).
     """
     cfg = make_generation_config(model, **kwargs)
-    if not _is_int(prefill_chunk) or prefill_chunk <= 0:
-        raise GenerationError(f"prefill_chunk={prefill_chunk!r} must be a positive integer")
+    if not _is_int(prefill_chunk) or prefill_chunk < 0:
+        raise GenerationError(f"prefill_chunk={prefill_chunk!r} must be an integer >= 0 (0: the whole prompt at once)")
     if threads is not None and (not _is_int(threads) or threads <= 0):
         raise GenerationError(f"threads={threads!r} must be a positive integer (or None)")
     ids = token_ids(input_ids, "input_ids")

@@ -78,7 +78,7 @@ BAD_SETTINGS = [
     ("temperature", "hot"), ("temperature", float("nan")), ("do_sample", "yes"), ("max_new_tokens", True),
     ("max_new_tokens", 2.5), ("top_k", 1.5), ("top_p", float("nan")), ("min_p", "0.1"),
     ("repetition_penalty", float("inf")), ("seed", -1), ("seed", 1.5), ("eos_token_id", "2"),
-    ("eos_token_id", [1.5]), ("prefill_chunk", 0), ("threads", "2"),
+    ("eos_token_id", [1.5]), ("prefill_chunk", -1), ("threads", "2"),
 ]
 
 
