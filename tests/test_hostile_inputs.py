@@ -123,3 +123,56 @@ def test_generation_config_is_read_with_the_json_rules(tmp_path):
         f.write("[" * 100_000)                                   # deep nesting: not a RecursionError
     with pytest.raises(ConfigError, match="generation_config.json: generation_config.json is nested too deeply"):
         minilm.load(folder, backend="numpy", progress=False)
+
+
+# --- property-based: any JSON value, any argument: the result or one named refusal ---------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                           | st.text(max_size=5), lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+ARGUMENT_VALUES = JSON_VALUES | st.floats() | st.sampled_from([np.int64(3), np.float32(0.5), np.bool_(True),
+                                                               np.array([1, 2]), object()])
+SETTING_KEYS = ["max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                "eos_token_id", "pad_token_id"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return tiny_checkpoint("llama", str(tmp_path_factory.mktemp("fuzz") / "tiny"))
+
+
+@pytest.mark.time_limit(90)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(values=st.dictionaries(st.sampled_from(SETTING_KEYS), JSON_VALUES, max_size=4))
+def test_fuzz_generation_config_loads_and_generates_or_names_the_key(tiny_folder, values):
+    import json
+    from minilm.errors import ConfigError
+    with open(f"{tiny_folder}/generation_config.json", "w") as f:
+        json.dump(values, f)
+    try:
+        model = minilm.load(tiny_folder, backend="numpy", progress=False)
+    except ConfigError as e:
+        assert "\n" not in str(e) and "generation_config.json: " in str(e)
+        return
+    out = model.generate(IDS, max_new_tokens=2)         # every accepted file generates
+    assert out.shape[0] == 1 and 4 < out.shape[1] <= 6
+
+
+@pytest.mark.time_limit(90)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(arguments=st.dictionaries(st.sampled_from([k for k in SETTING_KEYS if k != "pad_token_id"]   # not an argument
+                                                 + ["seed", "prefill_chunk", "threads"]),
+                                 ARGUMENT_VALUES, max_size=3))
+def test_fuzz_generate_arguments_run_or_are_named(models, arguments):
+    from minilm.generate import GenerationError
+    arguments.setdefault("max_new_tokens", 2)
+    try:
+        out = models["llama"].generate(IDS, **arguments)
+    except GenerationError as e:
+        message = str(e)
+        assert "\n" not in message and any(message.startswith(f"{k}=") or f"{k}" in message for k in arguments), message
+        return
+    assert out.shape[0] == 1 and out.shape[1] > 4
