@@ -20,6 +20,7 @@ gguf-py, exactly, and stored as float32 (F16) or re-quantized to q8_0
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -191,14 +192,24 @@ def open_gguf(path: str) -> GGUFFile:
     return GGUFFile(path)
 
 
+COUNT, NUMBER = "a positive integer", "a finite number"
+_KINDS = {COUNT: lambda v: type(v) is int and v > 0,
+          NUMBER: lambda v: type(v) in (int, float) and math.isfinite(v)}
+
+
 def metadata_getter(metadata: dict, prefix: str, path: str):
-    """key(name, default) -> metadata[f"{prefix}.{name}"]; a missing key without default names itself."""
+    """key(name, default, kind) -> metadata[f"{prefix}.{name}"]; a missing key without default names
+    itself, and a value that is not of `kind` (COUNT, NUMBER) is refused naming the key before any
+    arithmetic uses it (a zero head count would otherwise be a ZeroDivisionError)."""
     missing = object()
 
-    def key(name, default=missing):
+    def key(name, default=missing, kind=None):
         full = f"{prefix}.{name}"
         if full in metadata:
-            return metadata[full]
+            value = metadata[full]
+            if kind is not None and not _KINDS[kind](value):
+                raise GGUFError(f"{path}: GGUF metadata {full}={str(value)[:40]!r} must be {kind}")
+            return value
         if default is missing:
             raise GGUFError(f"{path}: GGUF metadata lacks required key {full!r}")
         return default
@@ -212,19 +223,23 @@ def gguf_config(reader) -> dict:
     family = family_for_architecture(arch)
     key = metadata_getter(metadata, arch, reader.path)
     names = set(reader.tensors)
-    hidden, heads = key("embedding_length"), key("attention.head_count")
+    hidden, heads = key("embedding_length", kind=COUNT), key("attention.head_count", kind=COUNT)
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    if not isinstance(tokens, list):
+        raise GGUFError(f"{reader.path}: GGUF metadata tokenizer.ggml.tokens must be a list of strings")
     config = {
         "architectures": [family.__name__.replace("Model", "ForCausalLM")],
         "model_type": family.model_type,
         "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length"),
-        "num_hidden_layers": key("block_count"),
+        "intermediate_size": key("feed_forward_length", kind=COUNT),
+        "num_hidden_layers": key("block_count", kind=COUNT),
         "num_attention_heads": heads,
-        "num_key_value_heads": key("attention.head_count_kv", heads),
-        "head_dim": key("attention.key_length", None) or key("rope.dimension_count", None) or hidden // heads,
-        "max_position_embeddings": key("context_length"),
+        "num_key_value_heads": key("attention.head_count_kv", heads, kind=COUNT),
+        "head_dim": (key("attention.key_length", None, kind=COUNT) or key("rope.dimension_count", None, kind=COUNT)
+                     or hidden // heads),
+        "max_position_embeddings": key("context_length", kind=COUNT),
         "rope_parameters": rope_parameters(key),
-        "vocab_size": key("vocab_size", None) or len(metadata.get("tokenizer.ggml.tokens") or []),
+        "vocab_size": key("vocab_size", None, kind=COUNT) or len(tokens),
         "hidden_act": "silu",
         "attention_bias": "blk.0.attn_q.bias" in names,
         # llama.cpp writes output.weight only when the LM head is not the embedding matrix.
@@ -234,7 +249,8 @@ def gguf_config(reader) -> dict:
         "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
         "dtype": "float32",
     }
-    eps = key("attention.layer_norm_rms_epsilon", None) or key("attention.layer_norm_epsilon", None)
+    eps = (key("attention.layer_norm_rms_epsilon", None, kind=NUMBER)
+           or key("attention.layer_norm_epsilon", None, kind=NUMBER))
     if eps is not None:
         config[family.norm_eps_key] = shortest_float32(eps)
     config.update(family.gguf_config(key, names))
@@ -242,12 +258,12 @@ def gguf_config(reader) -> dict:
 
 
 def rope_parameters(key) -> dict:
-    theta = shortest_float32(key("rope.freq_base", 10000.0))
+    theta = shortest_float32(key("rope.freq_base", 10000.0, kind=NUMBER))
     scaling = key("rope.scaling.type", "none")
     if scaling == "none":
         return {"rope_type": "default", "rope_theta": theta}
     if scaling == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": shortest_float32(key("rope.scaling.factor"))}
+        return {"rope_type": "linear", "rope_theta": theta, "factor": shortest_float32(key("rope.scaling.factor", kind=NUMBER))}
     raise GGUFError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata (supported: none, linear)")
 
 

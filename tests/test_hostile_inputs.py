@@ -176,3 +176,36 @@ def test_fuzz_generate_arguments_run_or_are_named(models, arguments):
         assert "\n" not in message and any(message.startswith(f"{k}=") or f"{k}" in message for k in arguments), message
         return
     assert out.shape[0] == 1 and out.shape[1] > 4
+
+
+GGUF_VALUES = (st.none() | st.booleans() | st.integers(-5, 2**64) | st.floats() | st.text(max_size=3)
+               | st.lists(st.integers(0, 3) | st.text(max_size=2), max_size=3))
+GGUF_KEYS = ["embedding_length", "attention.head_count", "feed_forward_length", "block_count", "attention.head_count_kv",
+             "attention.key_length", "rope.dimension_count", "context_length", "vocab_size", "rope.freq_base",
+             "attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.scaling.type",
+             "rope.scaling.factor", "logit_scale", "attention.sliding_window", "attention.sliding_window_pattern"]
+
+
+@pytest.mark.time_limit(90)
+@settings(max_examples=300, deadline=None)
+@given(arch=st.sampled_from(["llama", "cohere2"]),
+       changes=st.dictionaries(st.sampled_from(GGUF_KEYS + ["tokenizer.ggml.tokens", "tokenizer.ggml.eos_token_id"]),
+                               GGUF_VALUES, max_size=3))
+def test_fuzz_gguf_metadata_gives_a_config_or_names_the_key(arch, changes):
+    """The GGUF metadata a config is made of (head counts, token lists, floats of any type): a valid
+    config or one WeightsError/ConfigError line, never a ZeroDivisionError or TypeError."""
+    from types import SimpleNamespace
+    from minilm.config import parse_config
+    from minilm.errors import ConfigError, WeightsError
+    from minilm.gguf_file import gguf_config
+    base = {"embedding_length": 64, "attention.head_count": 4, "feed_forward_length": 128, "block_count": 2,
+            "context_length": 128, "attention.layer_norm_rms_epsilon": 1e-5, "attention.layer_norm_epsilon": 1e-5,
+            "logit_scale": 0.25, "attention.sliding_window": 8}
+    metadata = {"general.architecture": arch, "tokenizer.ggml.tokens": ["a", "b"],
+                **{f"{arch}.{k}": v for k, v in base.items()}}
+    for k, v in changes.items():
+        metadata[k if k.startswith("tokenizer") else f"{arch}.{k}"] = v
+    try:
+        parse_config(gguf_config(SimpleNamespace(metadata=metadata, tensors={}, path="x.gguf")), source="x.gguf")
+    except (WeightsError, ConfigError) as e:
+        assert "\n" not in str(e)
