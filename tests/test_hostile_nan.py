@@ -170,3 +170,18 @@ def test_overflow_of_finite_weights_is_left_to_the_step_check(tiny):
     assert not np.isfinite(model(np.array([[1, 2, 3]])).logits).all()
     with pytest.raises(GenerationError):
         model.generate(np.array([[1, 2, 3]]), max_new_tokens=2)
+
+
+def test_the_cli_names_the_nan_tensor_in_one_line(tmp_path):
+    """`minilm generate` on a checkpoint whose mapped q_proj holds a NaN: exit 2 with one line naming the
+    tensor (issue 23: a plausible answer and exit 0)."""
+    from tests.chat_checkpoint import tiny_chat_checkpoint
+    from tests.hostile_helpers import assert_one_line_error, run_cli
+    folder = tiny_chat_checkpoint(tmp_path / "m")
+    _edit_tensor(folder, "model.layers.0.self_attn.q_proj.weight", lambda v: v.flat.__setitem__(0, np.nan))
+    result = run_cli("generate", "Hi", "--model", folder, "--backend", "numpy", "--max-new-tokens", "3")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]                      # after the loading progress bar
+    assert last.startswith("minilm: error: ")
+    assert_one_line_error(last, "model.safetensors", "'model.layers.0.self_attn.q_proj.weight'",
+                          "contains NaN or Inf")
