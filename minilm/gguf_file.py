@@ -192,23 +192,23 @@ def open_gguf(path: str) -> GGUFFile:
     return GGUFFile(path)
 
 
-COUNT, NUMBER = "a positive integer", "a finite number"
-_KINDS = {COUNT: lambda v: type(v) is int and v > 0,
-          NUMBER: lambda v: type(v) in (int, float) and math.isfinite(v)}
+# key(..., kind=int): a positive integer (a count); kind=float: a finite number. -> (test, wording)
+_KINDS = {int: (lambda v: type(v) is int and v > 0, "a positive integer"),
+          float: (lambda v: type(v) in (int, float) and math.isfinite(v), "a finite number")}
 
 
 def metadata_getter(metadata: dict, prefix: str, path: str):
     """key(name, default, kind) -> metadata[f"{prefix}.{name}"]; a missing key without default names
-    itself, and a value that is not of `kind` (COUNT, NUMBER) is refused naming the key before any
-    arithmetic uses it (a zero head count would otherwise be a ZeroDivisionError)."""
+    itself, and a value that is not of `kind` (int: a count, float: a finite number) is refused
+    naming the key before any arithmetic uses it (a zero head count would otherwise be a ZeroDivisionError)."""
     missing = object()
 
     def key(name, default=missing, kind=None):
         full = f"{prefix}.{name}"
         if full in metadata:
             value = metadata[full]
-            if kind is not None and not _KINDS[kind](value):
-                raise GGUFError(f"{path}: GGUF metadata {full}={str(value)[:40]!r} must be {kind}")
+            if kind is not None and not _KINDS[kind][0](value):
+                raise GGUFError(f"{path}: GGUF metadata {full}={str(value)[:40]!r} must be {_KINDS[kind][1]}")
             return value
         if default is missing:
             raise GGUFError(f"{path}: GGUF metadata lacks required key {full!r}")
@@ -223,7 +223,7 @@ def gguf_config(reader) -> dict:
     family = family_for_architecture(arch)
     key = metadata_getter(metadata, arch, reader.path)
     names = set(reader.tensors)
-    hidden, heads = key("embedding_length", kind=COUNT), key("attention.head_count", kind=COUNT)
+    hidden, heads = key("embedding_length", kind=int), key("attention.head_count", kind=int)
     tokens = metadata.get("tokenizer.ggml.tokens") or []
     if not isinstance(tokens, list):
         raise GGUFError(f"{reader.path}: GGUF metadata tokenizer.ggml.tokens must be a list of strings")
@@ -231,15 +231,15 @@ def gguf_config(reader) -> dict:
         "architectures": [family.__name__.replace("Model", "ForCausalLM")],
         "model_type": family.model_type,
         "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length", kind=COUNT),
-        "num_hidden_layers": key("block_count", kind=COUNT),
+        "intermediate_size": key("feed_forward_length", kind=int),
+        "num_hidden_layers": key("block_count", kind=int),
         "num_attention_heads": heads,
-        "num_key_value_heads": key("attention.head_count_kv", heads, kind=COUNT),
-        "head_dim": (key("attention.key_length", None, kind=COUNT) or key("rope.dimension_count", None, kind=COUNT)
+        "num_key_value_heads": key("attention.head_count_kv", heads, kind=int),
+        "head_dim": (key("attention.key_length", None, kind=int) or key("rope.dimension_count", None, kind=int)
                      or hidden // heads),
-        "max_position_embeddings": key("context_length", kind=COUNT),
+        "max_position_embeddings": key("context_length", kind=int),
         "rope_parameters": rope_parameters(key),
-        "vocab_size": key("vocab_size", None, kind=COUNT) or len(tokens),
+        "vocab_size": key("vocab_size", None, kind=int) or len(tokens),
         "hidden_act": "silu",
         "attention_bias": "blk.0.attn_q.bias" in names,
         # llama.cpp writes output.weight only when the LM head is not the embedding matrix.
@@ -249,8 +249,8 @@ def gguf_config(reader) -> dict:
         "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
         "dtype": "float32",
     }
-    eps = (key("attention.layer_norm_rms_epsilon", None, kind=NUMBER)
-           or key("attention.layer_norm_epsilon", None, kind=NUMBER))
+    eps = (key("attention.layer_norm_rms_epsilon", None, kind=float)
+           or key("attention.layer_norm_epsilon", None, kind=float))
     if eps is not None:
         config[family.norm_eps_key] = shortest_float32(eps)
     config.update(family.gguf_config(key, names))
@@ -258,12 +258,13 @@ def gguf_config(reader) -> dict:
 
 
 def rope_parameters(key) -> dict:
-    theta = shortest_float32(key("rope.freq_base", 10000.0, kind=NUMBER))
+    theta = shortest_float32(key("rope.freq_base", 10000.0, kind=float))
     scaling = key("rope.scaling.type", "none")
     if scaling == "none":
         return {"rope_type": "default", "rope_theta": theta}
     if scaling == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": shortest_float32(key("rope.scaling.factor", kind=NUMBER))}
+        factor = shortest_float32(key("rope.scaling.factor", kind=float))
+        return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
     raise GGUFError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata (supported: none, linear)")
 
 

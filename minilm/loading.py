@@ -116,6 +116,7 @@ def load(path_or_repo_id: str, backend: str = "numba", weight_dtype: str = "floa
     model.cache_dtype = cache_dtype
     if mmap:
         model.mapped_files = {f: file_identity(f) for f in files}
+        model.scan_mapped_weights = lambda: check_mapped_weights(files)
     return model
 
 

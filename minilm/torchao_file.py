@@ -157,7 +157,8 @@ def int8_weight(data: dict, parts: dict, shape: tuple, mmap: bool, where: str) -
         if zero.read().any():
             raise WeightsError(f"{where}: int8 with a nonzero zero_point is not supported (minilm's int8 is symmetric)")
     values = (mapped_checked(scale) if mmap else read_checked(scale)) if scale.dtype == "F32" else widened(scale)
-    return Weight("int8", shape, {"codes": codes.map() if mmap else codes.read(), "scale": values.reshape(out_features)})
+    codes = codes.map() if mmap else codes.read()
+    return Weight("int8", shape, {"codes": codes, "scale": values.reshape(out_features)})
 
 
 def check_shape(data: dict, shape: tuple, where: str) -> None:

@@ -111,7 +111,8 @@ def test_a_failed_save_keeps_the_earlier_one(tmp_path):
     result = run_python(f"""
         from types import SimpleNamespace
         from minilm.chat import ChatSession as Session
-        session = SimpleNamespace(model=None, settings={{}}, conversation=lambda: [{{"role": "user", "content": "x" * 20000}}])
+        messages = [{{"role": "user", "content": "x" * 20000}}]
+        session = SimpleNamespace(model=None, settings={{}}, conversation=lambda: messages)
         try:
             Session.save(session, {str(saved)!r})
         except OSError as e:

@@ -180,7 +180,8 @@ def test_fuzz_generate_arguments_run_or_are_named(models, arguments):
 
 GGUF_VALUES = (st.none() | st.booleans() | st.integers(-5, 2**64) | st.floats() | st.text(max_size=3)
                | st.lists(st.integers(0, 3) | st.text(max_size=2), max_size=3))
-GGUF_KEYS = ["embedding_length", "attention.head_count", "feed_forward_length", "block_count", "attention.head_count_kv",
+GGUF_KEYS = ["embedding_length", "attention.head_count", "feed_forward_length", "block_count",
+             "attention.head_count_kv",
              "attention.key_length", "rope.dimension_count", "context_length", "vocab_size", "rope.freq_base",
              "attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.scaling.type",
              "rope.scaling.factor", "logit_scale", "attention.sliding_window", "attention.sliding_window_pattern"]

@@ -81,6 +81,7 @@ class DecoderModel:
     """
     model_type = "base"
     mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
+    scan_mapped_weights = None         # set by minilm.load: raises naming a mapped tensor with NaN/Inf
     cache_dtype = "float32"            # KV cache storage: "float32" or "bfloat16"
     config_defaults: dict = {}
     norm_eps_key = "rms_norm_eps"
@@ -341,9 +342,8 @@ class DecoderModel:
         propagate NaN): only then are the memory-mapped files scanned, to name the tensor. One isfinite
         over the logits per forward; with finite weights the logits are returned for the caller's
         checks (generate stops at the step, perplexity refuses the loss)."""
-        if self.mapped_files and not np.isfinite(logits).all():
-            from ..loading import check_mapped_weights
-            check_mapped_weights(self.mapped_files)
+        if self.scan_mapped_weights is not None and not np.isfinite(logits).all():
+            self.scan_mapped_weights()
 
     def _pooled_index(self, ids: np.ndarray) -> np.ndarray:
         """LlamaForSequenceClassification pools the rightmost non-pad token of each row."""

@@ -4,8 +4,9 @@ Idea. One (batch, query token, head) row at a time: scores against the visible
 keys only (masked keys cost nothing, so causal prefill does half the work), a
 max-shifted softmax and the weighted sum of values, all in float32. Query head
 h reads kv head h // (H // KV); a row with no visible key outputs zeros and a
-row with a NaN or +inf score outputs NaN, like the reference. Rows are split across threads unless the whole call is smaller
-than a thread launch (a decode step over a short cache).
+row with a NaN or +inf score outputs NaN, like the reference. Rows are split
+across threads unless the whole call is smaller than a thread launch (a decode
+step over a short cache).
 """
 from __future__ import annotations
 
