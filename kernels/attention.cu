@@ -12,11 +12,16 @@
 //   2. tile max -> new running max; p = exp(score - max); running sum;
 //   3. each thread owns output dims d = tid + i*blockDim.x: acc[d] += p_j v_j[d].
 // GQA: query head h reads kv head h / (H / KV) (repeat-interleave). A row with
-// no visible key outputs zeros. Masked keys are skipped entirely, so causal
+// no visible key outputs zeros; a row with a NaN or +inf score outputs NaN, as
+// torch's softmax does (see visible_score). Masked keys are skipped entirely, so causal
 // prefill does about half the work.
 #include "common.cuh"
 
 constexpr int MAX_DIMS_PER_THREAD = 4;  // head_dim <= 4 * blockDim.x
+
+// A visible key's score with NaN turned into +inf: fmaxf drops a NaN but keeps +inf, and then
+// exp(inf - inf) = NaN makes the row's sum NaN, so the whole row is NaN instead of zeros.
+__device__ __forceinline__ float visible_score(float score) { return isnan(score) ? __int_as_float(0x7f800000) : score; }
 
 template <typename T>
 __global__ void attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -48,7 +53,7 @@ __global__ void attention(const T* __restrict__ q, const T* __restrict__ k, cons
                 const T* k_row = k + (((size_t)b * kv_len + key) * kv_heads + kv_head) * head_dim;
                 float dot = 0.0f;
                 for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_float(k_row[d]);
-                score = warp_sum(dot) * scale;
+                score = visible_score(warp_sum(dot) * scale);
             }
             if (lane == 0) probs[j] = score;
         }
@@ -82,7 +87,7 @@ __global__ void attention(const T* __restrict__ q, const T* __restrict__ k, cons
         __syncthreads();  // the next tile overwrites probs
     }
 
-    const float inv_sum = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;  // no visible key -> zeros
+    const float inv_sum = running_sum != 0.0f ? 1.0f / running_sum : 0.0f;  // no visible key -> zeros; NaN stays
 #pragma unroll
     for (int i = 0; i < MAX_DIMS_PER_THREAD; ++i) {
         const int d = threadIdx.x + i * blockDim.x;
@@ -98,7 +103,7 @@ __global__ void attention(const T* __restrict__ q, const T* __restrict__ k, cons
 // (global memory), so nothing grows with S in shared memory:
 //   1. one warp per key: out[s] = (q . k_s) * scale, or -inf where masked;
 //   2. block max; each thread: out[s] = exp(out[s] - max) for its keys; block sum;
-//   3. out[s] /= sum. A row with no visible key is all zeros.
+//   3. out[s] /= sum. A row with no visible key is all zeros; one with a NaN score all NaN.
 template <typename T>
 __global__ void attention_probs(const T* __restrict__ q, const T* __restrict__ k, const bool* __restrict__ mask,
                                 float* __restrict__ out, int q_len, int kv_len, int heads, int kv_heads,
@@ -123,7 +128,7 @@ __global__ void attention_probs(const T* __restrict__ q, const T* __restrict__ k
             const T* k_row = k + (((size_t)b * kv_len + key) * kv_heads + kv_head) * head_dim;
             float dot = 0.0f;
             for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_float(k_row[d]);
-            score = warp_sum(dot) * scale;
+            score = visible_score(warp_sum(dot) * scale);
         }
         if (lane == 0) probs[key] = score;
     }
@@ -141,6 +146,6 @@ __global__ void attention_probs(const T* __restrict__ q, const T* __restrict__ k
     }
     const float sum = block_sum(local_sum, scratch);
 
-    // 3. normalise (no visible key: sum = 0, the zeros stay)
-    for (int key = threadIdx.x; key < kv_len; key += blockDim.x) probs[key] = sum > 0.0f ? probs[key] / sum : 0.0f;
+    // 3. normalise (no visible key: sum = 0, the zeros stay; a NaN sum makes the row NaN)
+    for (int key = threadIdx.x; key < kv_len; key += blockDim.x) probs[key] = sum != 0.0f ? probs[key] / sum : 0.0f;
 }

@@ -21,21 +21,36 @@ import numpy as np
 from .resolve import resolve_model_dir
 
 
-def attention_weights(model, tokenizer, text: str, layer: int) -> tuple[np.ndarray, list[str]]:
+MAX_TOKENS = 512     # [H, T, T] weights per layer: 512 tokens and 32 heads are 32 MiB; a picture stays readable
+
+
+def attention_weights(model, tokenizer, text: str, layer: int, max_tokens: int = MAX_TOKENS
+                      ) -> tuple[np.ndarray, list[str]]:
     """One layer's weights for `text`: ([H, T, T] float32, the T tokens as strings)."""
     ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the text encodes to no tokens")
-    return ids_attention_weights(model, ids, layer), [tokenizer.decode([t]) for t in ids]
+    return ids_attention_weights(model, ids, layer, max_tokens), [tokenizer.decode([t]) for t in ids]
 
 
-def ids_attention_weights(model, ids: list[int], layer: int) -> np.ndarray:
-    """One layer's weights for token ids: [H, T, T] float32."""
+def ids_attention_weights(model, ids: list[int], layer: int, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """One layer's weights for token ids: [H, T, T] float32. T is at most max_tokens and never more
+    than the model's max_position_embeddings; only the asked layer's weights are kept (each layer's
+    are computed in turn and dropped)."""
     layers = model.config.num_hidden_layers
     if not 0 <= layer < layers:
         raise ValueError(f"--layer={layer} must be in 0..{layers - 1} (the model has {layers} layers)")
-    out = model(np.asarray([ids], dtype=np.int64), output_attentions=True)
-    return out.attentions[layer][0]
+    limit = min(max_tokens, model.config.max_position_embeddings)
+    if len(ids) > limit:
+        raise ValueError(f"the text is {len(ids)} tokens; minilm attention shows at most {limit} (the weights "
+                         "grow with the square of the length): shorten the text")
+    kept = {}
+
+    def keep(name, value):
+        if name == f"layers.{layer}.attn.probs":
+            kept["probs"] = np.array(model.backend.to_numpy(value), dtype=np.float32)
+    model(np.asarray([ids], dtype=np.int64), on_record=keep, logits_to_keep=1)
+    return kept["probs"][0]
 
 
 def parse_ids(text: str, vocab_size: int) -> list[int]:

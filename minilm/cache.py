@@ -130,6 +130,7 @@ class KVCache:
                  dtype: str = "float32"):
         """windows: per layer, the sliding window W or None (full attention); dtype: "float32" | "bfloat16"."""
         self.batch_size = batch_size
+        self.layout = (tuple(windows), kv_heads, head_dim)   # what a model checks before using this cache
         self.seq_len = 0
         self.attention_mask = np.zeros((batch_size, 0), dtype=bool)  # [B, seq_len]
         args = (backend, batch_size, kv_heads, head_dim)

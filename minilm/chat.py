@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import write_text_atomically
 from .progress import progress_bar
 
 # Used when neither the command line nor generation_config.json sets a value (temperature 0 = greedy).
@@ -232,8 +233,7 @@ class ChatSession:
             raise ValueError("/save needs a file name: /save FILE")
         data = {"model": getattr(self.model, "path", None), "settings": self.settings,
                 "messages": self.conversation()}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
+        write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=False))    # a failed save keeps the last
         notice(f"saved {len(self.conversation())} messages to {path}")
 
     # --- a turn -----------------------------------------------------------------

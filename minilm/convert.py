@@ -40,6 +40,8 @@ ConversionError line naming the file and the key or tensor.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import math
@@ -62,6 +64,7 @@ from .safetensors_file import SafetensorsWriter
 SUPPORTED_ARCHITECTURES = gguf_architectures()   # ("llama", "command-r", "cohere2")
 CONVERTER_VERSION = 3  # 2: the marker holds file sizes, digests and the GGUF identity; 3: generation_config.json carries the model card's sampling
 MARKER_FILE = "minilm-conversion.json"  # written last, inside the folder that gets renamed into place
+STAGING_MARKER = ".minilm-staging"       # written first into a staging folder: what proves it is minilm's
 MARKED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
 DIGEST_BLOCK = 1 << 16         # digests hash the first and last 64 KiB (usually a whole safetensors header)
@@ -126,7 +129,7 @@ def convert_gguf(gguf_path: str, out_dir: str, progress: bool = True, overwrite:
             marker = conversion_marker(gguf_path, len(tensors) if weights else 0, staging)
             _write_json(os.path.join(staging, MARKER_FILE), marker | ({"no_tokenizer": no_tokenizer}
                                                                      if no_tokenizer else {}))
-            _move_into_place(staging, out_dir)
+            _move_into_place(staging, out_dir, overwrite)
     except OSError as e:  # a full disk, a file-size limit, no permission: name the folder
         raise ConversionError(f"{out_dir}: writing the conversion failed ({e.strerror or e})") from None
     return out_dir
@@ -469,6 +472,7 @@ class _staging_dir:
     def __enter__(self) -> str:
         self.path = _unique_sibling(self.out_dir, "partial")
         os.makedirs(self.path)  # plain mkdir (not mkdtemp's 0700) so the result has normal permissions
+        open(os.path.join(self.path, STAGING_MARKER), "w").close()    # before anything else is written
         return self.path
 
     def __exit__(self, *exc) -> None:
@@ -502,15 +506,48 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _move_into_place(staging: str, out_dir: str) -> None:
-    if not os.path.lexists(out_dir):
-        os.rename(staging, out_dir)
+def _move_into_place(staging: str, out_dir: str, overwrite: bool) -> None:
+    """Rename the finished staging folder to out_dir. A path that appeared at out_dir meanwhile (a folder
+    of the user's, a concurrent conversion that finished first) is replaced only with overwrite, and only
+    if the folder actually moved aside holds minilm's marker: the check is made on what was moved, so
+    nothing swapped in after an earlier check can be deleted. Otherwise it is left as it is."""
+    os.unlink(os.path.join(staging, STAGING_MARKER))                  # the conversion marker names it now
+    try:
+        _rename_no_replace(staging, out_dir)
         return
-    # Replace: move the old folder aside first, since rename() cannot replace a non-empty dir.
+    except FileExistsError:
+        if not overwrite:
+            raise ConversionError(f"{out_dir} appeared while converting (another conversion into the same folder, "
+                                  "or a folder of yours); it is left as it is and this conversion is dropped") from None
     old = _unique_sibling(out_dir, "old")
-    os.rename(out_dir, old)
-    os.rename(staging, out_dir)
+    os.rename(out_dir, old)                                             # atomic: what moved is what is checked
+    if not is_minilm_folder(old):
+        _rename_no_replace(old, out_dir)                                # put it back untouched
+        raise ConversionError(f"{out_dir} is not a minilm conversion (no {MARKER_FILE}); refusing to replace it: "
+                              "choose another output folder or remove it yourself")
+    try:
+        _rename_no_replace(staging, out_dir)
+    except FileExistsError:
+        raise ConversionError(f"{out_dir} appeared while replacing it; it is left as it is") from None
     _remove(old)
+
+
+def _rename_no_replace(source: str, target: str) -> None:
+    """rename() that never replaces: FileExistsError if `target` exists (Linux renameat2 with
+    RENAME_NOREPLACE, atomic; elsewhere a check just before the rename)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_cwd, no_replace = -100, 1
+        if renameat2(at_cwd, os.fsencode(source), at_cwd, os.fsencode(target), no_replace) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), target)
+        if code not in (errno.ENOSYS, errno.EINVAL):                    # EINVAL: the filesystem lacks the flag
+            raise OSError(code, os.strerror(code), target)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    os.rename(source, target)
 
 
 def _remove(path: str) -> None:
@@ -529,7 +566,8 @@ def _unique_sibling(path: str, tag: str) -> str:
 
 def remove_stale_siblings(out_dir: str) -> list[str]:
     """Remove the staging (`.partial-`) and replaced (`.old-`) siblings of `out_dir` that a killed
-    process left behind: its PID no longer runs here and nothing in it changed for STALE_AFTER_S
+    process left behind: minilm's marker is inside (the name alone proves nothing), its PID no longer
+    runs here and nothing in it changed for STALE_AFTER_S
     (the second test keeps a live conversion in another PID namespace safe). Returns what went."""
     parent, name = os.path.split(out_dir)
     pattern = re.compile(rf"\.{re.escape(name)}\.(?:partial|old)-(\d+)-[0-9a-f]{{8}}")
@@ -541,10 +579,16 @@ def remove_stale_siblings(out_dir: str) -> list[str]:
     for entry in entries:
         match = pattern.fullmatch(entry)
         path = os.path.join(parent, entry)
-        if match and not _process_alive(int(match[1])) and _quiet_for(path, STALE_AFTER_S):
+        if match and _made_by_minilm(path) and not _process_alive(int(match[1])) and _quiet_for(path, STALE_AFTER_S):
             _remove(path)
             removed.append(path)
     return removed
+
+
+def _made_by_minilm(path: str) -> bool:
+    """A staging folder holds STAGING_MARKER from its creation, a finished or replaced one MARKER_FILE:
+    a folder of the user's that merely has such a name holds neither and is never removed."""
+    return os.path.isdir(path) and any(os.path.lexists(os.path.join(path, m)) for m in (STAGING_MARKER, MARKER_FILE))
 
 
 def _process_alive(pid: int) -> bool:

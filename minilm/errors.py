@@ -9,6 +9,7 @@ so a hostile folder costs bounded time and memory before it is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,3 +108,20 @@ def load_json_file(path: str, what: str, error: type, max_bytes: int = MAX_JSON_
         raise error(f"{path}: {what} must hold a JSON {'object' if expect is dict else expect.__name__}, "
                     f"got {type(value).__name__}")
     return value
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through a hidden sibling renamed over it: a full disk or a kill leaves the
+    earlier file whole (never a truncated one), and the sibling is removed on failure."""
+    parent, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(partial, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from None          # name the file asked for
+        raise

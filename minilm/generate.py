@@ -9,6 +9,7 @@ Each step (docs/semantics.md sections 8.2-8.4):
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -37,18 +38,47 @@ class GenerationConfig:
     stop_strings: tuple = ()
 
     def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
-        if self.temperature is None or self.temperature < 0:
-            raise GenerationError(f"temperature={self.temperature!r} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 0:
-            raise GenerationError(f"top_k={self.top_k!r} must be >= 0")
-        if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise GenerationError(f"min_p={self.min_p!r} must be in [0, 1]")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"repetition_penalty={self.repetition_penalty!r} must be > 0")
+        for key in SETTING_RULES:
+            check_setting(key, getattr(self, key))
+        check_setting("eos_token_id", self.eos_token_id)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    """A finite int or float (not a bool, not a string): NaN compares false with every bound."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+
+
+def _is_token_ids(value) -> bool:
+    return _is_int(value) and value >= 0 or (isinstance(value, (list, tuple))
+                                             and all(_is_int(v) and v >= 0 for v in value))
+
+
+# Every setting generate takes from its arguments or generation_config.json: (test, what it must be).
+SETTING_RULES = {
+    "max_new_tokens": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "do_sample": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "temperature": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "top_k": (lambda v: v is None or _is_int(v) and v >= 0, "an integer >= 0 (or None)"),
+    "top_p": (lambda v: _is_real(v) and 0 < v <= 1, "in (0, 1]"),
+    "min_p": (lambda v: v is None or _is_real(v) and 0 <= v <= 1, "in [0, 1] (or None)"),
+    "repetition_penalty": (lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    "seed": (lambda v: v is None or _is_int(v) and v >= 0, "an integer >= 0 (or None)"),
+    "pad_token_id": (lambda v: v is None or _is_int(v) and v >= 0, "a token id (an integer >= 0)"),
+    "eos_token_id": (lambda v: v is None or _is_token_ids(v), "a token id or a list of token ids"),
+}
+
+
+def check_setting(key: str, value) -> None:
+    """One line naming the setting when its value has the wrong type or range."""
+    test, wanted = SETTING_RULES[key]
+    if not test(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise GenerationError(f"{key}={shown} must be {wanted}")
 
 
 class _Default:
@@ -71,6 +101,10 @@ def make_generation_config(model, eos_token_id=None, **kwargs) -> GenerationConf
     saved = getattr(model, "generation_config", None) or {}
     settings = {k: saved[k] for k in CHECKPOINT_SETTINGS if saved.get(k) is not None}
     settings.update({k: v for k, v in kwargs.items() if v is not DEFAULT})
+    check_setting("eos_token_id", eos_token_id)
+    for key, value in kwargs.items():
+        if value is not DEFAULT and key in SETTING_RULES:
+            check_setting(key, value)
     if eos_token_id is None:
         eos_token_id = saved.get("eos_token_id", model.config.eos_token_id)
     eos = tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else \
@@ -249,11 +283,15 @@ def prefill(model, ids, mask, positions, cache, chunk: int = PREFILL_CHUNK, on_p
 
 def token_ids(values, what: str) -> np.ndarray:
     """[B, T] int64 token ids; floats (1.5 would silently become token 1) and >2-D arrays are refused."""
-    ids = np.atleast_2d(np.asarray(values))
+    try:
+        ids = np.atleast_2d(np.asarray(values))
+    except ValueError:                                       # numpy's "inhomogeneous shape" of ragged rows
+        raise GenerationError(f"{what} must be a rectangular array (rows of equal length); pad the rows and "
+                              "pass an attention_mask") from None
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise GenerationError(f"{what} must hold integer token ids, not {ids.dtype}")
-    if ids.ndim != 2:
-        raise GenerationError(f"{what} has shape {ids.shape}; expected [batch, tokens]")
+    if ids.ndim != 2 or ids.shape[0] == 0:
+        raise GenerationError(f"{what} has shape {ids.shape}; expected [batch, tokens] with batch >= 1")
     return ids.astype(np.int64)
 
 
@@ -266,6 +304,10 @@ def generate_stream(model, input_ids, attention_mask=None, tokenizer=None, prefi
     kernels; None adapts it per step to what the machine gives (ThreadTuner).
     """
     cfg = make_generation_config(model, **kwargs)
+    if not _is_int(prefill_chunk) or prefill_chunk < 0:
+        raise GenerationError(f"prefill_chunk={prefill_chunk!r} must be an integer >= 0 (0: the whole prompt at once)")
+    if threads is not None and (not _is_int(threads) or threads <= 0):
+        raise GenerationError(f"threads={threads!r} must be a positive integer (or None)")
     ids = token_ids(input_ids, "input_ids")
     B, T = ids.shape
     if T == 0:

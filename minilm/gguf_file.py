@@ -20,6 +20,7 @@ gguf-py, exactly, and stored as float32 (F16) or re-quantized to q8_0
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -34,6 +35,7 @@ from .models.base import shortest_float32
 
 GGUF_MAGIC = b"GGUF"
 NATIVE_BLOCKS = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}   # GGUF type -> Weight format, as stored
+SCALE_BYTES = {"Q8_0": 2, "Q4_0": 2, "Q4_1": 4}   # each block starts with its fp16 scale d (Q4_1: and min m)
 
 
 class GGUFError(WeightsError):
@@ -190,14 +192,24 @@ def open_gguf(path: str) -> GGUFFile:
     return GGUFFile(path)
 
 
+# key(..., kind=int): a positive integer (a count); kind=float: a finite number. -> (test, wording)
+_KINDS = {int: (lambda v: type(v) is int and v > 0, "a positive integer"),
+          float: (lambda v: type(v) in (int, float) and math.isfinite(v), "a finite number")}
+
+
 def metadata_getter(metadata: dict, prefix: str, path: str):
-    """key(name, default) -> metadata[f"{prefix}.{name}"]; a missing key without default names itself."""
+    """key(name, default, kind) -> metadata[f"{prefix}.{name}"]; a missing key without default names
+    itself, and a value that is not of `kind` (int: a count, float: a finite number) is refused
+    naming the key before any arithmetic uses it (a zero head count would otherwise be a ZeroDivisionError)."""
     missing = object()
 
-    def key(name, default=missing):
+    def key(name, default=missing, kind=None):
         full = f"{prefix}.{name}"
         if full in metadata:
-            return metadata[full]
+            value = metadata[full]
+            if kind is not None and not _KINDS[kind][0](value):
+                raise GGUFError(f"{path}: GGUF metadata {full}={str(value)[:40]!r} must be {_KINDS[kind][1]}")
+            return value
         if default is missing:
             raise GGUFError(f"{path}: GGUF metadata lacks required key {full!r}")
         return default
@@ -211,19 +223,23 @@ def gguf_config(reader) -> dict:
     family = family_for_architecture(arch)
     key = metadata_getter(metadata, arch, reader.path)
     names = set(reader.tensors)
-    hidden, heads = key("embedding_length"), key("attention.head_count")
+    hidden, heads = key("embedding_length", kind=int), key("attention.head_count", kind=int)
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    if not isinstance(tokens, list):
+        raise GGUFError(f"{reader.path}: GGUF metadata tokenizer.ggml.tokens must be a list of strings")
     config = {
         "architectures": [family.__name__.replace("Model", "ForCausalLM")],
         "model_type": family.model_type,
         "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length"),
-        "num_hidden_layers": key("block_count"),
+        "intermediate_size": key("feed_forward_length", kind=int),
+        "num_hidden_layers": key("block_count", kind=int),
         "num_attention_heads": heads,
-        "num_key_value_heads": key("attention.head_count_kv", heads),
-        "head_dim": key("attention.key_length", None) or key("rope.dimension_count", None) or hidden // heads,
-        "max_position_embeddings": key("context_length"),
+        "num_key_value_heads": key("attention.head_count_kv", heads, kind=int),
+        "head_dim": (key("attention.key_length", None, kind=int) or key("rope.dimension_count", None, kind=int)
+                     or hidden // heads),
+        "max_position_embeddings": key("context_length", kind=int),
         "rope_parameters": rope_parameters(key),
-        "vocab_size": key("vocab_size", None) or len(metadata.get("tokenizer.ggml.tokens") or []),
+        "vocab_size": key("vocab_size", None, kind=int) or len(tokens),
         "hidden_act": "silu",
         "attention_bias": "blk.0.attn_q.bias" in names,
         # llama.cpp writes output.weight only when the LM head is not the embedding matrix.
@@ -233,7 +249,8 @@ def gguf_config(reader) -> dict:
         "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
         "dtype": "float32",
     }
-    eps = key("attention.layer_norm_rms_epsilon", None) or key("attention.layer_norm_epsilon", None)
+    eps = (key("attention.layer_norm_rms_epsilon", None, kind=float)
+           or key("attention.layer_norm_epsilon", None, kind=float))
     if eps is not None:
         config[family.norm_eps_key] = shortest_float32(eps)
     config.update(family.gguf_config(key, names))
@@ -241,12 +258,13 @@ def gguf_config(reader) -> dict:
 
 
 def rope_parameters(key) -> dict:
-    theta = shortest_float32(key("rope.freq_base", 10000.0))
+    theta = shortest_float32(key("rope.freq_base", 10000.0, kind=float))
     scaling = key("rope.scaling.type", "none")
     if scaling == "none":
         return {"rope_type": "default", "rope_theta": theta}
     if scaling == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": shortest_float32(key("rope.scaling.factor"))}
+        factor = shortest_float32(key("rope.scaling.factor", kind=float))
+        return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
     raise GGUFError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata (supported: none, linear)")
 
 
@@ -259,6 +277,7 @@ class GGUFTensor:
     shape: tuple            # HF layout: [OUT, IN] or [D]
     raw: np.ndarray         # the file's bytes (a memory map)
     permute_heads: int | None = None   # q/k rows to un-permute (llama)
+    path: str = "GGUF file"            # the file, for error messages
 
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
@@ -291,7 +310,7 @@ def gguf_tensors(reader, config) -> dict[str, GGUFTensor]:
                             f"{list(spec.shape)} from its metadata")
         projection = base.rsplit(".", 1)[-1]
         tensors[hf_name] = GGUFTensor(hf_name, gguf_name, type_name, shape, reader.data(gguf_name),
-                                      heads.get(projection))
+                                      heads.get(projection), reader.path)
     extra = [n for n in stored if n != "rope_freqs.weight"]
     if extra:
         raise GGUFError(f"{reader.path}: unexpected tensor {extra[0]!r}"
@@ -348,8 +367,17 @@ def decoded(tensor: GGUFTensor) -> np.ndarray:
     if tensor.permute_heads:
         values = unpermute_rope_rows(values, tensor.permute_heads)
     if not np.isfinite(values).all():
-        raise GGUFError(f"tensor {tensor.gguf_name!r} contains NaN or Inf")
+        raise GGUFError(f"{tensor.path}: tensor {tensor.gguf_name!r} contains NaN or Inf")
     return values
+
+
+def check_block_scales(tensor: GGUFTensor, rows: np.ndarray) -> None:
+    """Refuse NaN or Inf in the fp16 scales of blocks used as stored (rows [..., block bytes]):
+    a kernel would absorb them silently. The scales interleave with the codes, so this reads every
+    page of the tensor once at load (the first forward would read them anyway)."""
+    scales = rows[..., :SCALE_BYTES[tensor.type_name]].view(np.uint16)          # [..., 1 or 2]
+    if ((scales & 0x7C00) == 0x7C00).any():                                      # fp16 exponent all ones
+        raise GGUFError(f"{tensor.path}: tensor {tensor.gguf_name!r} has a NaN or Inf block scale")
 
 
 def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
@@ -357,6 +385,7 @@ def gguf_weight(tensor: GGUFTensor, mode: str) -> tuple[Weight, str | None]:
     if tensor.type_name in NATIVE_BLOCKS:
         fmt = NATIVE_BLOCKS[tensor.type_name]
         rows = tensor.raw.reshape(tensor.shape[0], tensor.shape[1] // 32, -1)   # [OUT, IN/32, block bytes]
+        check_block_scales(tensor, rows)
         if tensor.permute_heads:
             rows = unpermute_rope_rows(rows, tensor.permute_heads)              # a copy of q/k only
         return Weight(fmt, tensor.shape, {"blocks": rows}, mode), None

@@ -7,7 +7,6 @@ the backend prepares it (or refuses its format by name).
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -15,16 +14,16 @@ from .backends import get_backend
 from .bnb_file import bnb_quant_type, bnb_weights
 from .cache import storage
 from .config import ModelConfig, load_config, parse_config
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, load_json_file
 from .formats import Weight, get_format, quantize as encode
 from .gguf_file import decoded, gguf_config, gguf_tensors, gguf_weight, open_gguf
 from .models import FAMILIES, MATRIX_KINDS, TensorSpec
 from .progress import progress_bar
 from .resolve import resolve_model_path
-from .safetensors_file import StoredTensor
+from .safetensors_file import StoredTensor, read_header
 from .torchao_file import torchao_formats, torchao_weights
-from .weights import (check_layer_count, checkpoint_metadata, file_identity, read_checked, read_checkpoint,
-                      to_float32)
+from .weights import (check_finite, check_layer_count, checkpoint_metadata, file_identity, read_checked,
+                      read_checkpoint, to_float32)
 
 FLOAT_FORMATS = ("float32", "bfloat16", "float16")
 STORED_FORMAT = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors dtype -> Weight format
@@ -123,6 +122,7 @@ def load(path_or_repo_id: str | None = None, backend: str = "numba", weight_dtyp
     model.cache_dtype = cache_dtype
     if mmap:
         model.mapped_files = {f: file_identity(f) for f in files}
+        model.scan_mapped_weights = lambda: check_mapped_weights(files)
     return model
 
 
@@ -241,20 +241,46 @@ def load_gguf_weights(path: str, ops, quantize, mode, progress, options=None):
     return cfg, weights, [path]
 
 
+def check_mapped_weights(files) -> None:
+    """Scan the memory-mapped weight files for the tensor that holds NaN or Inf and raise a WeightsError
+    naming it. Called only when a forward's logits are not finite (mapped tensors are not read at load,
+    so this is where a NaN among them is found); returns quietly when every stored value is finite
+    (the non-finite logits then come from finite weights that overflow)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from .gguf_file import NATIVE_BLOCKS, GGUFTensor, check_block_scales
+    for path in files:
+        if path.endswith(".gguf"):
+            reader = open_gguf(path)
+            for name, (type_name, shape, _, _) in reader.tensors.items():
+                tensor = GGUFTensor(name, name, type_name, tuple(shape), reader.data(name), path=path)
+                if type_name in NATIVE_BLOCKS:
+                    block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][1]
+                    check_block_scales(tensor, tensor.raw.reshape(-1, block_bytes))      # [blocks, block bytes]
+                elif type_name in ("F32", "F16", "BF16"):
+                    decoded(tensor)                                                     # refuses NaN and Inf
+        else:
+            for stored in read_header(path)[0].values():
+                if stored.dtype in STORED_FORMAT:
+                    check_finite(stored, stored.map())
+
+
 def load_generation_config(folder: str) -> dict:
     """The checkpoint's generation_config.json as a dict ({} when it has none).
 
     Like transformers' `model.generation_config`: `generate` and the CLI take their sampling
-    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given.
+    defaults (do_sample, temperature, top_p, ...) and eos/pad ids from it when not given. Read with
+    the size cap of every JSON file; each value generate uses is type-checked here, naming the file
+    and the key (a string temperature would otherwise fail deep in a kernel).
     """
+    from .generate import CHECKPOINT_SETTINGS, GenerationError, check_setting
     path = os.path.join(folder, "generation_config.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    values = load_json_file(path, "generation_config.json", ConfigError)
+    for key in (*CHECKPOINT_SETTINGS, "eos_token_id", "pad_token_id"):
+        try:
+            if values.get(key) is not None:                     # null: unset, as transformers reads it
+                check_setting(key, values[key])
+        except GenerationError as e:
+            raise ConfigError(f"{path}: {e}") from None
     return values

@@ -284,9 +284,14 @@ def add_arguments(parser) -> None:
                         help="weight scale: transformers' init (default for real configs) or the tests' "
                              "scaled-up init (default for tiny ones)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that is not empty (its files of the same names are replaced)")
 
 
 def main(args) -> int:
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} is not empty; random-checkpoint would replace its config.json and weights: "
+                         "choose an empty or new folder, or pass --overwrite")
     config = named_config(args.config) or TINY_CONFIGS[args.config]
     init = args.init or ("hf" if args.config in REAL_CONFIGS else "scaled")
     path = random_checkpoint(config, args.out, dtype=args.dtype, seed=args.seed, init=init, progress=True)

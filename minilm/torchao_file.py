@@ -38,7 +38,7 @@ from .errors import ConfigError, WeightsError
 from .formats import Weight
 from .formats.torchao import INT4_GROUP_SIZES
 from .safetensors_file import StoredTensor
-from .weights import read_checked, to_float32
+from .weights import mapped_checked, read_checked, to_float32
 
 SUPPORTED = {"Int4Tensor": "int4", "Int8Tensor": "int8"}
 CONFIG_TYPES = {"Int4WeightOnlyConfig": "int4", "Int8WeightOnlyConfig": "int8"}
@@ -136,7 +136,8 @@ def int4_weight(data: dict, parts: dict, shape: tuple, mmap: bool, where: str) -
     scale = expect(parts["scale"], ("BF16",), (groups, out_features), where)
     zero = expect(parts["zero_point"], ("BF16",), (groups, out_features), where)
     if mmap:                                      # [OUT, G] views of the stored [G, OUT]: shared, not copied
-        arrays = {"codes": codes.map().view(np.uint8), "scale": scale.map().T, "zero": zero.map().T}
+        arrays = {"codes": codes.map().view(np.uint8), "scale": mapped_checked(scale).T,
+                  "zero": mapped_checked(zero).T}
     else:                                         # copies, transposed to [OUT, G] row-major (the faster kernel)
         arrays = {"codes": read_checked(codes).view(np.uint8), "scale": np.ascontiguousarray(read_checked(scale).T),
                   "zero": np.ascontiguousarray(read_checked(zero).T)}
@@ -155,9 +156,9 @@ def int8_weight(data: dict, parts: dict, shape: tuple, mmap: bool, where: str) -
         zero = expect(parts["zero_point"], ("I8",), (out_features, 1), where)
         if zero.read().any():
             raise WeightsError(f"{where}: int8 with a nonzero zero_point is not supported (minilm's int8 is symmetric)")
-    read = (lambda stored: stored.map()) if mmap else read_checked
-    values = read(scale) if scale.dtype == "F32" else widened(scale)
-    return Weight("int8", shape, {"codes": read(codes), "scale": values.reshape(out_features)})
+    values = (mapped_checked(scale) if mmap else read_checked(scale)) if scale.dtype == "F32" else widened(scale)
+    codes = codes.map() if mmap else codes.read()
+    return Weight("int8", shape, {"codes": codes, "scale": values.reshape(out_features)})
 
 
 def check_shape(data: dict, shape: tuple, where: str) -> None:

@@ -101,6 +101,14 @@ def read_checked(stored: StoredTensor) -> np.ndarray:
     return values
 
 
+def mapped_checked(stored: StoredTensor) -> np.ndarray:
+    """A read-only memory map of a small float tensor (scales, absmax), scanned once for NaN and Inf:
+    a scale used in place is small next to its codes, and a bad one would spoil a whole block silently."""
+    values = stored.map()
+    check_finite(stored, values)
+    return values
+
+
 def to_float32(stored: StoredTensor, values: np.ndarray) -> np.ndarray:
     """Stored values (bfloat16 as uint16 bits) widened to float32; refuses NaN and Inf."""
     check_finite(stored, values)

@@ -96,3 +96,15 @@ def test_ids_on_a_random_cohere2_without_tokenizer_print_transformers_weights(ti
         assert message in capsys.readouterr().err
     assert cli.main(["attention", "--model", folder, "--layer", "0"]) == 2
     assert "give a text to encode, or --ids" in capsys.readouterr().err
+
+
+def test_a_long_text_is_refused_before_the_forward(smollm2):
+    """Issue 23: 3000 tokens asked for every layer's [H, T, T] weights (7 GB, then out of memory)."""
+    model, tokenizer = smollm2
+    with pytest.raises(ValueError, match=r"the text is 10 tokens; minilm attention shows at most 4"):
+        attention_weights(model, tokenizer, " ".join(["fox"] * 10), layer=0, max_tokens=4)
+    limit = model.config.max_position_embeddings                 # a larger cap never passes the context
+    with pytest.raises(ValueError, match=f"shows at most {limit} "):
+        attention_weights(model, tokenizer, " fox" * (limit + 5), layer=0, max_tokens=10**9)
+    weights, tokens = attention_weights(model, tokenizer, " ".join(["fox"] * 4), layer=0, max_tokens=4)
+    assert weights.shape == (9, 4, 4) and len(tokens) == 4                  # negative control: at the cap

@@ -123,14 +123,16 @@ def test_a_missing_or_wrong_quant_state_names_the_tensor(saved, tmp_path):
         minilm.load(folder, progress=False)
 
 
-def test_a_nan_scale_is_refused_when_copied(saved, tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_nan_scale_is_refused_copied_or_mapped(saved, tmp_path, mmap):
+    """Also when absmax is used in place from the map (issue 23: it was absorbed)."""
     folder = shutil.copytree(saved["llama", "nf4", False][0], tmp_path / "nan")
     path = os.path.join(folder, "model.safetensors")
     tensors = {name: t.read() for name, t in read_header(path)[0].items()}
     tensors["model.layers.0.mlp.up_proj.weight.absmax"][3] = np.nan
     save(path, tensors)
     with pytest.raises(WeightsError, match="up_proj.weight.absmax' contains NaN or Inf"):
-        minilm.load(folder, progress=False, mmap=False)
+        minilm.load(folder, progress=False, mmap=mmap)
 
 
 def test_quantizing_an_already_quantized_checkpoint_is_refused(saved):

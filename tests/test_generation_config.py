@@ -58,6 +58,6 @@ def test_broken_generation_config_is_one_line(tmp_path):
     from minilm.testing import tiny_checkpoint
     folder = tiny_checkpoint("llama", tmp_path / "m")
     (tmp_path / "m" / "generation_config.json").write_text("{temperature: 0.2")
-    with pytest.raises(ValueError, match="generation_config.json: not valid JSON") as info:
+    with pytest.raises(ValueError, match="generation_config.json: generation_config.json is not valid JSON") as info:
         minilm.load(folder, backend="numpy", progress=False)
     assert "\n" not in str(info.value)

@@ -209,10 +209,10 @@ def tiny_llama(tmp_path_factory):
 PROMPT = np.array([[5, 9, 14, 3]])
 
 
-@pytest.mark.parametrize("kwargs", [dict(do_sample=True, temperature=1e-45),       # the issue's examples
-                                    dict(do_sample=True, temperature=float("nan")),
-                                    dict(repetition_penalty=float("nan"))])
+@pytest.mark.parametrize("kwargs", [dict(do_sample=True, temperature=1e-45)])   # the issue's example
 def test_sampling_arguments_that_make_scores_non_finite(tiny_llama, kwargs):
+    """A finite temperature that divides finite logits into infinities (NaN arguments are refused before
+    the first step, naming the argument: tests/test_hostile_inputs.py)."""
     model, _ = tiny_llama
     with pytest.raises(GenerationError) as info:
         model.generate(PROMPT, max_new_tokens=4, seed=0, **kwargs)

@@ -267,12 +267,18 @@ def test_a_sharded_checkpoint_with_parts_in_two_shards_loads_the_same(saved, tmp
     assert np.array_equal(minilm.load(str(sharded), progress=False)(IDS).logits, whole)
 
 
-def test_a_nan_scale_is_refused_when_copied(saved, tmp_path):
-    def nan_scale(tensors, metadata):
-        tensors["model.layers.1.mlp.up_proj._weight_scale"][3] = np.nan
-    folder = rewrite(saved["llama", "int8"][0], tmp_path, "nan", nan_scale)
-    with pytest.raises(WeightsError, match="up_proj._weight_scale' contains NaN or Inf"):
-        minilm.load(folder, progress=False, mmap=False)
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("fmt, part", [("int8", "_weight_scale"), ("int4", "_weight_scale"),
+                                       ("int4", "_weight_zero_point")])
+def test_a_non_finite_scale_is_refused_copied_or_mapped(saved, tmp_path, fmt, part, mmap):
+    """A NaN (float32) or Inf (bfloat16 bits) in one scale or zero point: refused at load, naming it,
+    also when the scales are used in place from the map (issue 23: they were absorbed)."""
+    def spoil(tensors, metadata):
+        values = tensors[f"model.layers.1.mlp.up_proj.{part}"]
+        values.flat[3] = 0x7F80 if values.dtype == np.uint16 else np.nan      # bf16 +inf bits / float32 NaN
+    folder = rewrite(saved["llama", fmt][0], tmp_path, "bad", spoil)
+    with pytest.raises(WeightsError, match=f"up_proj.{part}' contains NaN or Inf"):
+        minilm.load(folder, progress=False, mmap=mmap)
 
 
 def test_quantizing_an_already_quantized_checkpoint_is_refused(saved):

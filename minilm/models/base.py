@@ -57,6 +57,8 @@ class TensorSpec(NamedTuple):
 
 
 MATRIX_KINDS = ("linear", "head", "embedding")
+MAX_MASK_ELEMENTS = 2**30        # one forward's [B, T, S] bool mask: 1 GiB (T = S = 32768)
+MAX_ATTENTION_BYTES = 4 * 2**30  # output_attentions: every layer's [B, H, T, S] float32 weights
 
 
 def shortest_float32(value: float) -> float:
@@ -79,6 +81,7 @@ class DecoderModel:
     """
     model_type = "base"
     mapped_files: dict = {}            # memory-mapped weight files -> identity at load (checked per forward)
+    scan_mapped_weights = None         # set by minilm.load: raises naming a mapped tensor with NaN/Inf
     cache_dtype = "float32"            # KV cache storage: "float32" or "bfloat16"
     config_defaults: dict = {}
     norm_eps_key = "rms_norm_eps"
@@ -269,14 +272,20 @@ class DecoderModel:
             check_unchanged(self.mapped_files)
         ids = self._check_ids(input_ids)
         B, T = ids.shape
+        if labels is not None:                                  # checked before the forward's work
+            labels = (integer_array(labels, "labels") if cfg.is_sequence_classifier
+                      else check_labels(labels, ids.shape, cfg.vocab_size))
         past = cache.seq_len if cache is not None else 0
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"input_ids batch size {B} does not match the cache's batch size {cache.batch_size}")
+        if cache is not None:
+            self._check_cache(cache, B)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, np.integer)) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep={logits_to_keep!r} must be an integer >= 0 (0: every position)")
+        self._check_attention_size(B, T, past + T, output_attentions)
         mask_2d = self._full_mask(attention_mask, cache, B, T, past)
         if position_ids is None:
             # transformers' plain forward: arange + past for every row, padding ignored.
             position_ids = np.broadcast_to(np.arange(past, past + T), (B, T))
-        position_ids = np.asarray(position_ids, dtype=np.int64).reshape(B, T)
+        position_ids = self._check_positions(position_ids, B, T)
         cos = sin = None
         if any(self.layer_uses_rope(cfg, i) for i in range(cfg.num_hidden_layers)):
             cos, sin = self.rotary.cos_sin(position_ids)
@@ -318,13 +327,23 @@ class DecoderModel:
         cfg, ops = self.config, self.backend
         if cfg.is_sequence_classifier:
             scores = np.asarray(ops.to_numpy(ops.linear(x, self.w("score.weight"), None)))  # [B, T, labels]
+            self._check_finite(scores)
             return scores[np.arange(ids.shape[0]), self._pooled_index(ids)]
         logits = ops.linear(x, self.w("lm_head.weight"), None)                 # [B, T, V]
         if cfg.logit_scale != 1.0:
             logits = ops.scale_logits(logits, cfg.logit_scale)                  # Cohere
         logits = np.asarray(ops.to_numpy(logits), dtype=np.float32)
+        self._check_finite(logits)
         self.record(ctx, "logits", logits)
         return logits
+
+    def _check_finite(self, logits: np.ndarray) -> None:
+        """A NaN or Inf in any weight a forward uses reaches its logits (attention and every kernel
+        propagate NaN): only then are the memory-mapped files scanned, to name the tensor. One isfinite
+        over the logits per forward; with finite weights the logits are returned for the caller's
+        checks (generate stops at the step, perplexity refuses the loss)."""
+        if self.scan_mapped_weights is not None and not np.isfinite(logits).all():
+            self.scan_mapped_weights()
 
     def _pooled_index(self, ids: np.ndarray) -> np.ndarray:
         """LlamaForSequenceClassification pools the rightmost non-pad token of each row."""
@@ -336,18 +355,17 @@ class DecoderModel:
         positions = np.arange(ids.shape[1]) * (ids != pad)                     # [B, T]
         return positions.argmax(axis=-1)
 
-    def _loss(self, logits: np.ndarray, labels) -> float:
-        labels = np.asarray(labels)
+    def _loss(self, logits: np.ndarray, labels: np.ndarray) -> float:
         if self.config.is_sequence_classifier:
             return classification_loss(logits, labels, self.config.num_labels)
         return causal_lm_loss(logits, labels)
 
     def _check_ids(self, input_ids) -> np.ndarray:
-        ids = np.asarray(input_ids)
+        ids = integer_array(input_ids, "input_ids")
         if ids.ndim == 1:
             ids = ids[None, :]
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be an integer array [B, T] with T >= 1, got shape {ids.shape}")
+        if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be an integer array [B, T] with B >= 1 and T >= 1, got shape {ids.shape}")
         if ids.dtype.kind not in "iu":
             raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
         bad = (ids < 0) | (ids >= self.config.vocab_size)
@@ -355,6 +373,40 @@ class DecoderModel:
             raise ValueError(f"token id {int(ids[bad][0])} in input_ids is outside the vocabulary "
                              f"[0, {self.config.vocab_size})")
         return ids.astype(np.int64)
+
+    def _check_attention_size(self, B: int, T: int, S: int, output_attentions: bool) -> None:
+        """A forward builds a [B, T, S] mask (and, for output_attentions, [B, H, T, S] float32 weights
+        per layer): refuse sizes past the limits before allocating, instead of a MemoryError minutes in."""
+        if B * T * S > MAX_MASK_ELEMENTS:
+            raise ValueError(f"a forward of {B} x {T} new tokens over {S} positions needs a [B, T, S] attention "
+                             f"mask of {B * T * S / 2**30:.1f} GiB (limit {MAX_MASK_ELEMENTS / 2**30:.0f} GiB): feed "
+                             "the tokens in chunks with a cache (generate's prefill_chunk does)")
+        weights = 4 * B * self.config.num_attention_heads * T * S * self.config.num_hidden_layers
+        if output_attentions and weights > MAX_ATTENTION_BYTES:
+            raise ValueError(f"output_attentions for {T} tokens over {S} positions would hold {weights / 2**30:.1f} "
+                             f"GiB of weights (limit {MAX_ATTENTION_BYTES / 2**30:.0f} GiB): use fewer tokens, or "
+                             "on_record to keep one layer's")
+
+    def _check_cache(self, cache: KVCache, B: int) -> None:
+        """The cache must be one this model made: same layers, windows, kv heads and head size."""
+        cfg = self.config
+        windows = tuple(self.layer_window(cfg, i) for i in range(cfg.num_hidden_layers))
+        if getattr(cache, "layout", None) != (windows, cfg.num_key_value_heads, cfg.head_dim):
+            raise ValueError(f"the cache was not made for this {cfg.model_type} model (its layers, windows or head "
+                             "sizes differ); make one with model.new_cache()")
+        if cache.batch_size != B:
+            raise ValueError(f"input_ids batch size {B} does not match the cache's batch size {cache.batch_size}")
+
+    @staticmethod
+    def _check_positions(position_ids, B: int, T: int) -> np.ndarray:
+        """Integer positions [B, T] (or [T], or [1, T], broadcast): a float 1.5 would silently become 1."""
+        positions = integer_array(position_ids, "position_ids")
+        if positions.dtype.kind not in "iu":
+            raise ValueError(f"position_ids must be integers, got dtype {positions.dtype}")
+        try:
+            return np.broadcast_to(positions, (B, T)).astype(np.int64)
+        except ValueError:
+            raise ValueError(f"position_ids has shape {positions.shape}; expected {(B, T)}") from None
 
     @staticmethod
     def _full_mask(attention_mask, cache, B: int, T: int, past: int) -> np.ndarray:
@@ -368,6 +420,29 @@ class DecoderModel:
         if mask.shape == (B, T):
             return np.concatenate([previous, mask], axis=1)
         raise ValueError(f"attention_mask has shape {mask.shape}; expected {(B, past + T)} or {(B, T)}")
+
+
+def integer_array(values, name: str) -> np.ndarray:
+    """np.asarray with numpy's ragged-list error turned into one line naming the argument."""
+    try:
+        return np.asarray(values)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular array (rows of equal length); pad the rows and "
+                         "pass an attention_mask") from None
+
+
+def check_labels(labels, shape: tuple, vocab_size: int) -> np.ndarray:
+    """Causal-LM labels: integers [B, T] like input_ids, each in [0, V) or -100 (ignored). transformers'
+    cross_entropy raises on any other value; numpy would index from the end (-1: the last token)."""
+    labels = integer_array(labels, "labels")
+    if labels.dtype.kind not in "iu" or labels.shape != shape:
+        raise ValueError(f"labels must be integers of shape {shape} like input_ids, got {labels.dtype} {labels.shape}")
+    used = labels[:, 1:]                                   # position t predicts label t+1: the first is unused
+    bad = (used != -100) & ((used < 0) | (used >= vocab_size))
+    if bad.any():
+        raise ValueError(f"label {int(used[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not "
+                         "-100 (ignored)")
+    return labels
 
 
 def causal_lm_loss(logits: np.ndarray, labels: np.ndarray) -> float:

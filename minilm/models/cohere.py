@@ -34,7 +34,7 @@ class CohereModel(DecoderModel):
 
     @classmethod
     def gguf_config(cls, key, tensor_names):
-        return {"logit_scale": shortest_float32(key("logit_scale")),
+        return {"logit_scale": shortest_float32(key("logit_scale", kind=float)),
                 "use_qk_norm": "blk.0.attn_q_norm.weight" in tensor_names}
 
     @classmethod

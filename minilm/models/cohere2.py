@@ -40,7 +40,7 @@ class Cohere2Model(CohereModel):
     def gguf_config(cls, key, tensor_names):
         # llama.cpp: a per-layer bool list (True = sliding) when written, else every 4th layer global.
         pattern = key("attention.sliding_window_pattern", None)
-        config = {"logit_scale": shortest_float32(key("logit_scale")),
+        config = {"logit_scale": shortest_float32(key("logit_scale", kind=float)),
                   "sliding_window": key("attention.sliding_window")}
         if isinstance(pattern, list):
             config["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]

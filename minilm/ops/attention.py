@@ -25,7 +25,8 @@ def attention_probs(q: np.ndarray, k: np.ndarray, mask: np.ndarray, scale: float
     [B, H, T, S] float32.
 
     GQA: query head h reads kv head h // (H // KV) (repeat-interleave, not tile).
-    A query row with no visible key (a pad query) is all zeros.
+    A query row with no visible key (a pad query) is all zeros, like sdpa. A row with a NaN or +inf
+    score among its visible keys is all NaN, like torch's softmax: a NaN never turns into an answer.
     """
     k = widen(k)                                                  # a bfloat16 KV cache holds uint16 bits
     n_rep = q.shape[2] // k.shape[2]
@@ -33,11 +34,12 @@ def attention_probs(q: np.ndarray, k: np.ndarray, mask: np.ndarray, scale: float
     scores = np.einsum("bthd,bshd->bhts", q, k) * np.float32(scale)  # [B, H, T, S]
     visible = mask[:, None, :, :]                                  # [B, 1, T, S]
     scores = np.where(visible, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)        # fully masked rows
-    weights = np.exp(scores - row_max)                             # exp(-inf) = 0
-    denom = weights.sum(axis=-1, keepdims=True)
-    probs = np.divide(weights, denom, out=np.zeros_like(weights), where=denom > 0)
+    row_max = scores.max(axis=-1, keepdims=True)                   # NaN if any visible score is NaN
+    row_max = np.where(row_max == -np.inf, 0.0, row_max)           # fully masked rows: exp(-inf) = 0
+    with np.errstate(invalid="ignore"):                            # inf - inf: NaN, as torch's softmax
+        weights = np.exp(scores - row_max)
+        denom = weights.sum(axis=-1, keepdims=True)                # 0 only for a fully masked row
+        probs = np.divide(weights, denom, out=np.zeros_like(weights), where=denom != 0)
     return probs.astype(np.float32, copy=False)
 
 

@@ -33,11 +33,13 @@ class Ops(Protocol):
 
     def attention(self, q, k, v, mask, scale):
         """q [B,T,H,HD], k/v [B,S,KV,HD], mask [B,T,S] bool (True = visible) -> [B,T,H,HD].
-        Query head h reads kv head h // (H // KV); a row with no visible key outputs zeros."""
+        Query head h reads kv head h // (H // KV); a row with no visible key outputs zeros, a row with a
+        NaN or +inf visible score NaN (as torch's softmax)."""
 
     def attention_probs(self, q, k, mask, scale):
         """q [B,T,H,HD], k [B,S,KV,HD], mask [B,T,S] bool -> the softmax weights [B,H,T,S] float32 that
-        `attention` multiplies v by: 0 on masked keys; a row with no visible key is all zeros."""
+        `attention` multiplies v by: 0 on masked keys; a row with no visible key is all zeros, one with a NaN
+        or +inf visible score all NaN."""
 
     def swiglu(self, gate, up):
         """gate, up [..., F] -> silu(gate) * up   [..., F]"""

@@ -3,9 +3,10 @@
 Idea. One (batch, query token, head) row at a time: scores against the visible
 keys only (masked keys cost nothing, so causal prefill does half the work), a
 max-shifted softmax and the weighted sum of values, all in float32. Query head
-h reads kv head h // (H // KV); a row with no visible key outputs zeros, like
-the reference. Rows are split across threads unless the whole call is smaller
-than a thread launch (a decode step over a short cache).
+h reads kv head h // (H // KV); a row with no visible key outputs zeros and a
+row with a NaN or +inf score outputs NaN, like the reference. Rows are split
+across threads unless the whole call is smaller than a thread launch (a decode
+step over a short cache).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ SERIAL_MAX_WORK = 1 << 14    # B*T*H*S*HD multiply-adds below which threads do n
 @njit(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
 def masked_scores(q, k, b, kv, mask, scale, scores):
     """q [HD], k [B, S, KV, HD] at batch b and kv head kv, mask [S] -> scores [S] = q . k_s * scale on
-    visible keys, -inf on masked ones; returns the row max (-inf when nothing is visible)."""
+    visible keys, -inf on masked ones; returns the row max (-inf when nothing is visible, NaN when a
+    score is NaN)."""
     S, HD = k.shape[1], k.shape[3]
     row_max = np.float32(-np.inf)
     for s in range(S):                                   # scores of the visible keys only
@@ -28,8 +30,10 @@ def masked_scores(q, k, b, kv, mask, scale, scores):
             acc = np.float32(0.0)
             for d in range(HD):
                 acc += q[d] * as_float32(k[b, s, kv, d])
-            scores[s] = acc * scale
-            row_max = max(row_max, scores[s])
+            score = acc * scale
+            scores[s] = score
+            if score > row_max or score != score:        # a NaN max sticks (max() would drop it)
+                row_max = score
         else:
             scores[s] = -np.inf                          # masked keys cost nothing
     return row_max
@@ -43,6 +47,9 @@ def attention_row(q, k, v, b, kv, mask, scale, out):
     row_max = masked_scores(q, k, b, kv, mask, scale, scores)
     if row_max == -np.inf:                               # no visible key: zeros
         out[:] = 0.0
+        return
+    if not row_max < np.inf:                             # a NaN or +inf score: NaN, as torch's softmax
+        out[:] = np.nan
         return
     denom = np.float32(0.0)
     for s in range(S):                                   # softmax numerators; exp(-inf) = 0 (vectorised)
@@ -63,6 +70,9 @@ def probs_row(q, k, b, kv, mask, scale, out):
     row_max = masked_scores(q, k, b, kv, mask, scale, out)    # scores straight into out
     if row_max == -np.inf:                               # no visible key: all zeros
         out[:] = 0.0
+        return
+    if not row_max < np.inf:                             # a NaN or +inf score: NaN, as torch's softmax
+        out[:] = np.nan
         return
     denom = np.float32(0.0)
     for s in range(out.size):
