@@ -149,19 +149,33 @@ def process_scores(scores: np.ndarray, sequences: np.ndarray, prompt_pad: np.nda
 
 
 def other_runnable_tasks() -> int:
-    """Runnable tasks on the machine besides the one asking (Linux: /proc/stat procs_running): the
-    least of three reads 2 ms apart, so this process's own pool threads still spinning after a
-    parallel region are not counted. 0 where it cannot be read."""
+    """Runnable tasks on the machine outside this process (Linux: /proc/stat procs_running, less this
+    process's own running threads: its thread pool still spins for a while after a parallel
+    region). The least of two reads 2 ms apart; 0 where it cannot be read."""
     counts = []
-    for attempt in range(3):
+    for attempt in range(2):
         try:
             with open("/proc/stat") as f:
-                counts += [int(line.split()[1]) - 1 for line in f if line.startswith("procs_running")]
-        except (OSError, ValueError, IndexError):
+                running = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
+            counts.append(running - own_running_threads())
+        except (OSError, ValueError, IndexError, StopIteration):
             return 0
-        if attempt < 2:
+        if attempt == 0:
             time.sleep(0.002)
-    return max(0, min(counts, default=0))
+    return max(0, min(counts))
+
+
+def own_running_threads() -> int:
+    """This process's threads in state R (/proc/self/task/*/stat), the one asking included."""
+    import os
+    running = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                running += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            pass                                          # a thread that ended meanwhile
+    return max(running, 1)
 
 
 class ThreadTuner:
@@ -174,10 +188,11 @@ class ThreadTuner:
         leave one core or none, it starts with one thread (a 7B step takes seconds: the first
         ones matter) and probes all threads after 8 steps;
       - every step is timed; now and then one step runs with the other thread count (a probe), and
-        the faster count (median of its recent steps) is kept. A probe that loses waits twice as long
+        the tuner switches to it if it was 10% faster than the median of the count's recent steps. A probe that loses waits twice as long
         before the next one (up to 64 steps), so a steady machine pays ~1% for the watching;
       - a step 1.5x slower than the median of its count's recent steps probes at once (the machine
-        just got busy or quiet), as does the first step of a model whose steps take over 0.25 s.
+        just got busy), as does the first step of a model whose steps take over 0.25 s; steps
+        shorter than that jitter, so there it takes two slow steps in a row.
     A model keeps its tuner (`model_tuner`), so what one generate call learned holds in the next.
     """
 
@@ -190,7 +205,7 @@ class ThreadTuner:
         self.runnable = runnable or other_runnable_tasks
         self.current = ops.threads(threads) if threads is not None else self.full
         self.times = {self.full: [], 1: []}
-        self.interval, self.countdown, self.probing, self.seen_busy = 4, 4, False, False
+        self.interval, self.countdown, self.probing, self.seen_busy, self.slow_steps = 4, 4, False, False, 0
         self.begin()
 
     def begin(self) -> None:
@@ -215,14 +230,17 @@ class ThreadTuner:
             return
         times = self.times[self.current]
         step = time.perf_counter() - self.start
-        slow = bool(times) and step > 1.5 * median(times)
+        self.slow_steps = self.slow_steps + 1 if times and step > 1.5 * median(times) else 0
+        slow = self.slow_steps >= (1 if step > self.SLOW_STEP_S else 2)    # short steps jitter: two in a row
         first_long = not times and step > self.SLOW_STEP_S and not self.times[self.other(self.current)] \
             and not self.seen_busy
         times.append(step)
         del times[:-5]
         self.countdown -= 1
-        if self.probing:                                  # the probe step is done: keep the faster count
-            best = min(self.times, key=lambda n: median(self.times[n]) if self.times[n] else float("inf"))
+        if self.probing:                    # the probe step is done: switch if it was clearly faster
+            kept = self.times[self.current_before]
+            wins = not kept or median(times) < 0.9 * median(kept)
+            best = self.current if wins else self.current_before
             self.interval = 4 if best != self.current_before else min(2 * self.interval, 64)
             self.current, self.probing, self.countdown = best, False, self.interval
         elif self.countdown <= 0 or slow or first_long:   # time to try the other count for one step

@@ -235,7 +235,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--long", default=None, metavar="LENGTHS",
                         help="instead: prefill speed and time to first token at these prompt lengths (e.g. 2048,4096)")
     parser.add_argument("--busy", action="store_true",
-                        help="instead: decode speed with another process holding one core, by thread count")
+                        help="instead: decode speed with another process holding one core, by thread count "
+                             "(the first of --backends if given, else numba; --new-tokens per reply)")
     parser.add_argument("--profile", default=None, metavar="BACKEND",
                         help="instead: the time of one decode step op by op, for one backend name (e.g. numba-bf16)")
     parser.add_argument("--threads", type=int, default=None,
@@ -286,7 +287,9 @@ def main(args) -> int:
                                      f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"))
     elif args.busy:
         from .busy import busy_machine, format_busy
-        report = busy_machine(model_dir, gguf, log=log)
+        chosen = [b.strip() for b in args.backends.split(",") if b.strip()]
+        backend = chosen[0] if args.backends != ",".join(DEFAULT_BACKENDS) else "numba"   # one backend: the first
+        report = busy_machine(model_dir, gguf, backend=backend, log=log, tokens=args.new_tokens)
         print(format_busy(report))
     else:
         backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
