@@ -387,7 +387,8 @@ def check_scores_finite(logits: np.ndarray, scores: np.ndarray, step: int) -> No
     is, -inf if nothing is left (temperature 1e-45 or a NaN repetition_penalty do this).
     """
     for what, bad in (("logits", ~np.isfinite(logits).all(axis=-1)),
-                      ("scores after temperature/penalties", ~np.isfinite(np.max(scores, axis=-1)))):
+                      ("scores after temperature, repetition_penalty, top_k, top_p and min_p",
+                       ~np.isfinite(np.max(scores, axis=-1)))):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise GenerationError(f"step {step}: the {what} of row {row} contain NaN or Inf; nothing can be "

@@ -1,7 +1,7 @@
 """A CUDA kernel on the CPU harness, built for gdb (-O0 -g, every block on the calling thread).
 
     gdb -ex "set breakpoint pending on" -ex "set language c++" \
-        -ex "break attention.cu:142 if ::harness::tls_worker->block_idx.x == 1 \
+        -ex "break attention.cu:147 if ::harness::tls_worker->block_idx.x == 1 \
              && ::harness::tls_worker->block_idx.y == 2 && ::harness::tls_worker->current->thread_idx.x == 0" \
         -ex run --args $(python -c "import sys; print(sys.executable)") docs/debugging/cuda_kernel.py
 
