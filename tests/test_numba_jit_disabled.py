@@ -282,8 +282,10 @@ def level_kernels(level: str) -> set:
 # Kernels only another CPU runs: bnb's vpermps lookups need AVX2; each SIMD level's block dot
 # products run on their own CPUs (here: the native level and the generic vectors).
 AVX2_ONLY = {"numba_quant_rows.exact_dot_bnb_avx2"}
+AVX512_PAIRS = {f"numba_quant_rows.{name}" for name in ("fast_dot_ggml_pairs", "fast_dot_q4_0_pairs",
+                                                        "fast_dot_q4_1_pairs", "pair_scales")}
 OTHER_LEVELS = set().union(*map(level_kernels, numba_simd.BLOCK_DOTS)) - level_kernels(numba_simd.SIMD_LEVEL) \
-    - level_kernels("vector")
+    - level_kernels("vector") | (AVX512_PAIRS if numba_simd.SIMD_LEVEL != "avx512-vnni" else set())
 
 
 def test_every_njit_kernel_ran_as_python(interpreted):

@@ -62,6 +62,25 @@ def test_linear_equals_reference(weights, fmt, mode, n):
         assert close(got, want), (fmt, mode, n, np.abs(got - want).max())
 
 
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("blocks", [1, 3, 4])
+@pytest.mark.parametrize("n", [1, 9])
+def test_odd_and_even_block_counts_equal_reference(fmt, blocks, n):
+    """Rows of 1, 3 and 4 blocks: on AVX-512 the q4 kernels take blocks in pairs and an odd last
+    block alone (numba_quant_rows.fast_dot_q4_*_pairs); every level must give the reference."""
+    rng = np.random.default_rng(blocks)
+    weight = NQ.prepare(quantize((rng.standard_normal((13, 32 * blocks)) * 0.3).astype(np.float32), fmt,
+                                 mode="fast"))
+    x2 = (rng.standard_normal((n, 32 * blocks)) * 2).astype(np.float32)
+    for path in ("native", "vector"):
+        previous = NQ.use_simd(path)
+        try:
+            got = run(x2, weight, NO_BIAS)
+        finally:
+            NQ.use_simd(previous)
+        assert close(got, reference(x2, weight, NO_BIAS)), (path, np.abs(got - reference(x2, weight, NO_BIAS)).max())
+
+
 def test_negative_control_a_wrong_block_scale_fails_the_comparison(weights):
     weight = weights[("q4_1", "fast")]
     x2 = np.random.default_rng(1).standard_normal((3, 192)).astype(np.float32)

@@ -6,7 +6,8 @@ catches that. tests/simd_probe.py compiles the decode and prefill dot products o
 family (ggml blocks, int8, int4) in a child process, without running them:
 
   x86 AVX2          Numba told the CPU is a Haswell            vpmaddubsw, vpmaddwd (and no vpdpbusd)
-  x86 AVX-512 VNNI  Numba told the CPU is an Ice Lake server   vpdpbusd (and no vpmaddubsw, vpmaddwd)
+  x86 AVX-512 VNNI  Numba told the CPU is an Ice Lake server   vpdpbusd, on zmm for the q4 formats
+                                                               (and no vpmaddubsw, vpmaddwd)
   AArch64 dotprod   the generic-vector code's LLVM IR, compiled by llvmlite for a Neoverse N1: sdot
 
 none of them with a widening multiply (vpmulld, smull). The negative control compiles the
@@ -15,6 +16,7 @@ Which paths also run here, against the NumPy reference: test_numba_quant.py.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +52,11 @@ def test_x86_level_emits_its_instructions(tmp_path, level):
         found = simd_probe.instructions(asm)
         assert expected <= found, (level, family, expected - found)
         assert not absent & found, (level, family, absent & found)
+    # The q4 formats take two blocks per vpdpbusd in 512-bit registers on AVX-512 (numba_simd,
+    # "two blocks per step"); the AVX2 level never touches a zmm register.
+    wide = re.search(r"vpdpbusd\s+[^\n]*zmm", report["asm"]["ggml"])
+    assert bool(wide) == (level == "avx512-vnni"), level
+    assert ("zmm" in "".join(report["asm"].values())) == (level == "avx512-vnni"), level
 
 
 @pytest.fixture(scope="module")

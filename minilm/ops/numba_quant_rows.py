@@ -36,10 +36,13 @@ from numba import njit
 from numba.extending import overload
 
 from .numba_math import FASTMATH, as_python, bf16_bits_to_float32, python_when_jit_disabled
-from .numba_simd import (CHOOSE, HAS_AVX2, MARKER_DTYPES, add_f32x8, add_i8x32, fma_f32x8, fma_i32x8, isum_operands,
-                         isum_signed, isum_unsigned, load_f32x8, load_half, load_i8x16, load_i8x32, lookup16,
-                         nibbles, nibbles_high_first, nibbles_interleaved, operands_signed, operands_unsigned, scale,
-                         scale_add, store_f32x8, sum_f32x8, widen_i8, widen_u8, xor_i8x32, zeros_f32x8)
+from .numba_simd import (CHOOSE, HAS_AVX2, MARKER_DTYPES, add_f32x8, add_i8x32, dpbusd, dpbusd_x2, eights_i8x64,
+                         add_f32x4, fma_f32x8, fma_i32x8, fma_pair, isum_operands, isum_signed, isum_signed_vnni, isum_unsigned,
+                         load_f32x8, load_half, load_i8x16, load_i8x32, load_scale_pair, load_two_blocks,
+                         load_two_rows_f32x4, lookup16, marker_level, mul_f32x4, odd_lanes_sum,
+                         nibbles, nibbles_high_first, nibbles_interleaved, nibbles_pair, operands_signed,
+                         operands_unsigned, scale, scale_add, store_f32x8, sub_i32x16, sum_f32x8, sum_f32x16,
+                         widen_i8, widen_u8, xor_i8x32, zeros_f32x4, zeros_f32x8, zeros_f32x16)
 
 QK = 32
 JIT = dict(error_model="numpy", fastmath=FASTMATH, inline="always", cache=True)
@@ -147,6 +150,65 @@ def fast_dot_ggml_simd(w, o, xq, xds, n, simd):
         return fast_dot_q4_1_simd(blocks, o, xq, xds, n, simd)
     if kind == 18:
         return fast_dot_q4_0_simd(blocks, o, xq, xds, n, simd)
+    return fast_dot_q8_0_simd(blocks, o, xq, xds, n, simd)
+
+
+@njit(**JIT)
+def pair_scales(blocks, o, xq_scales, n, b):
+    """[d_w * d_x, m * s, ...] of blocks b and b+1: lanes 0 and 2 the two blocks' scales, 1 and 3
+    q4_1's m * s terms (q4_0: unused)."""
+    return mul_f32x4(load_scale_pair(blocks, (o, b, 0), (o, b + 1, 0)), load_two_rows_f32x4(xq_scales, (n, b, 0)))
+
+
+@njit(**JIT)
+def fast_dot_q4_0_pairs(blocks, o, xq, xds, n):
+    """fast_dot_q4_0 with AVX-512 VNNI, two blocks per step (numba_simd: "two blocks per step")."""
+    acc = zeros_f32x16()
+    nb = blocks.shape[1]
+    for b in range(0, nb - 1, 2):
+        codes = nibbles_pair(load_i8x16(blocks, (o, b, 2)), load_i8x16(blocks, (o, b + 1, 2)))   # n: 0..15
+        x = load_two_blocks(xq, (n, b, 0))
+        isum = sub_i32x16(dpbusd_x2(codes, x), dpbusd_x2(eights_i8x64(), x))                   # (n - 8) . x
+        acc = fma_pair(acc, isum, pair_scales(blocks, o, xds, n, b))
+    total = sum_f32x16(acc)
+    if nb % 2:                                                    # an odd last block: one at a time
+        b = nb - 1
+        codes = add_i8x32(nibbles(load_i8x16(blocks, (o, b, 2))), -8)
+        isum = isum_signed_vnni(codes, load_i8x32(xq, (n, b, 0)))
+        total += sum_f32x8(fma_i32x8(zeros_f32x8(), isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0]))
+    return total
+
+
+@njit(**JIT)
+def fast_dot_q4_1_pairs(blocks, o, xq, xds, n):
+    """fast_dot_q4_1 with AVX-512 VNNI, two blocks per step."""
+    acc = zeros_f32x16()
+    mins = zeros_f32x4()
+    nb = blocks.shape[1]
+    for b in range(0, nb - 1, 2):
+        codes = nibbles_pair(load_i8x16(blocks, (o, b, 4)), load_i8x16(blocks, (o, b + 1, 4)))
+        scales = pair_scales(blocks, o, xds, n, b)
+        acc = fma_pair(acc, dpbusd_x2(codes, load_two_blocks(xq, (n, b, 0))), scales)
+        mins = add_f32x4(mins, scales)                                # lanes 1, 3: m * s
+    total = sum_f32x16(acc) + odd_lanes_sum(mins)
+    if nb % 2:
+        b = nb - 1
+        isum = dpbusd(nibbles(load_i8x16(blocks, (o, b, 4))), load_i8x32(xq, (n, b, 0)))
+        total += sum_f32x8(fma_i32x8(zeros_f32x8(), isum, load_half(blocks, (o, b, 0)) * xds[n, b, 0]))
+        total += load_half(blocks, (o, b, 2)) * xds[n, b, 1]
+    return total
+
+
+@njit(**JIT)
+def fast_dot_ggml_pairs(w, o, xq, xds, n, simd):
+    """fast_dot_ggml_simd on AVX-512 VNNI: the 4-bit formats two blocks per step (q8_0's blocks fill a
+    ymm register already)."""
+    blocks = w[0]
+    kind = blocks.shape[2]
+    if kind == 20:
+        return fast_dot_q4_1_pairs(blocks, o, xq, xds, n)
+    if kind == 18:
+        return fast_dot_q4_0_pairs(blocks, o, xq, xds, n)
     return fast_dot_q8_0_simd(blocks, o, xq, xds, n, simd)
 
 
@@ -499,7 +561,8 @@ def choose_fast_dot(w, o, xq, xds, n, simd):
         impl = {"ggml": fast_dot_ggml_portable, "int8": fast_dot_int8_portable,
                 "int4": fast_dot_int4_portable}[family(w)]
         return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n)
-    impl = {"ggml": fast_dot_ggml_simd, "int8": fast_dot_int8_simd, "int4": fast_dot_int4_simd}[family(w)]
+    ggml = fast_dot_ggml_pairs if marker_level(simd) == "avx512-vnni" else fast_dot_ggml_simd
+    impl = {"ggml": ggml, "int8": fast_dot_int8_simd, "int4": fast_dot_int4_simd}[family(w)]
     return lambda w, o, xq, xds, n, simd: impl(w, o, xq, xds, n, simd)
 
 

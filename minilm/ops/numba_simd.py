@@ -657,6 +657,230 @@ def load_half(array, index):
     return half_to_float32(load_u16(array, index))
 
 
+# --- two blocks per step in 512-bit registers (AVX-512 VNNI) ---------------------------------------
+#
+# A 4-bit block is 16 bytes of codes, so one block per instruction leaves half of a ymm register's
+# work to unpacking and per-block scale handling. With 512-bit registers the q4 kernels take two
+# blocks per step: one vpdpbusd over 64 bytes, one vcvtdq2ps and one vfmadd for both blocks, the
+# two scales side by side in one register. AVX-512 has no vpsignb, so codes go in unsigned
+# (n = 0..15) and q4_0's (n - 8) . x is computed as n . x - 8 . x (two vpdpbusd, both exact).
+
+I8x64, I32x16, F32x16 = Vector("i8", 64), Vector("i32", 16), Vector("f32", 16)
+
+
+def _load_two_blocks_python(array, index):
+    n, b, start = index
+    if start != 0 or b + 2 > array.shape[1]:
+        raise IndexError(f"two-block load at {tuple(index)} outside {array.shape}")
+    return np.ascontiguousarray(array[n, b:b + 2]).reshape(-1).view(np.int8)
+
+
+@python_when_jit_disabled(_load_two_blocks_python)
+@intrinsic
+def load_two_blocks(typingctx, array, index):
+    """The 64 bytes of blocks b and b+1 of a C-contiguous int8 array [N, blocks, 32] from array[n, b, 0]."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        return builder.load(builder.bitcast(ptr, I8x64.llvm.as_pointer()), align=1)
+    return I8x64(array, index), codegen
+
+
+def _nibbles_pair_python(a, b):
+    return np.concatenate([_nibbles_python(a), _nibbles_python(b)])
+
+
+@python_when_jit_disabled(_nibbles_pair_python)
+@intrinsic
+def nibbles_pair(typingctx, a, b):
+    """The packed codes of two blocks (16 bytes each) -> 64 bytes: nibbles(a) then nibbles(b)."""
+    def codegen(context, builder, signature, args):
+        both = builder.shuffle_vector(args[0], args[1], lanes(*range(32)))        # a's 16 bytes, b's 16
+        low = builder.and_(both, ir.Constant(I8x32.llvm, [0x0F] * 32))
+        high = builder.lshr(both, ir.Constant(I8x32.llvm, [4] * 32))
+        order = [*range(16), *range(32, 48), *range(16, 32), *range(48, 64)]      # a low, a high, b low, b high
+        return builder.shuffle_vector(low, high, lanes(*order))
+    return I8x64(I8x16, I8x16), codegen
+
+
+def _dpbusd_x2_python(u, s):
+    return np.concatenate([_sums_of_four_python(u[:32], s[:32]), _sums_of_four_python(u[32:], s[32:])])
+
+
+@python_when_jit_disabled(_dpbusd_x2_python)
+@intrinsic
+def dpbusd_x2(typingctx, u, s):
+    """vpdpbusd on zmm: 16 int32 sums of four u (unsigned) x s (signed) byte products; lanes 0-7
+    hold the first block's dot product, 8-15 the second's. AVX-512 VNNI only."""
+    def codegen(context, builder, signature, args):
+        zero = ir.Constant(I32x16.llvm, [0] * 16)
+        u, s = (builder.bitcast(a, I32x16.llvm) for a in args)
+        return call(builder, "llvm.x86.avx512.vpdpbusd.512", I32x16.llvm, zero, u, s)
+    return I32x16(I8x64, I8x64), codegen
+
+
+def _eights_i8x64_python():
+    return np.full(64, 8, dtype=np.int8)
+
+
+@python_when_jit_disabled(_eights_i8x64_python)
+@intrinsic
+def eights_i8x64(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(I8x64.llvm, [8] * 64)
+    return I8x64(), codegen
+
+
+def _sub_i32x16_python(a, b):
+    return (a - b).astype(np.int32)
+
+
+@python_when_jit_disabled(_sub_i32x16_python)
+@intrinsic
+def sub_i32x16(typingctx, a, b):
+    """a - b, lane by lane (vpsubd)."""
+    def codegen(context, builder, signature, args):
+        return builder.sub(args[0], args[1])
+    return I32x16(I32x16, I32x16), codegen
+
+
+def _zeros_f32x16_python():
+    return np.zeros(16, dtype=np.float32)
+
+
+@python_when_jit_disabled(_zeros_f32x16_python)
+@intrinsic
+def zeros_f32x16(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(F32x16.llvm, [0.0] * 16)
+    return F32x16(), codegen
+
+
+F32x4 = Vector("f32", 4)
+
+
+def _load_scale_pair_python(blocks, index_a, index_b):
+    first = [row_bytes(blocks, i, 4).view("<f2").astype(np.float32) for i in (index_a, index_b)]
+    return np.concatenate(first)
+
+
+@python_when_jit_disabled(_load_scale_pair_python)
+@intrinsic
+def load_scale_pair(typingctx, blocks, index_a, index_b):
+    """The first two fp16 of two blocks as float32 [a0, a1, b0, b1] (q4_1: d, m of each; q4_0: d and
+    two code bytes, unused): two 32-bit loads and one vcvtph2ps."""
+    def codegen(context, builder, signature, args):
+        halves = []
+        for index, index_type in ((args[1], signature.args[1]), (args[2], signature.args[2])):
+            ptr = element_pointer(context, builder, signature.args[0], args[0], index_type, index)
+            pair = ir.VectorType(ir.IntType(16), 2)
+            halves.append(builder.load(builder.bitcast(ptr, pair.as_pointer()), align=1))
+        four = builder.shuffle_vector(halves[0], halves[1], lanes(0, 1, 2, 3))
+        return builder.fpext(builder.bitcast(four, ir.VectorType(ir.HalfType(), 4)), F32x4.llvm)
+    return F32x4(blocks, index_a, index_b), codegen
+
+
+def _load_two_rows_f32x4_python(array, index):
+    n, b, start = index
+    if start != 0 or array.shape[2] != 2 or b + 2 > array.shape[1]:
+        raise IndexError(f"two-row load at {tuple(index)} outside {array.shape}")
+    return np.ascontiguousarray(array[n, b:b + 2]).reshape(-1)
+
+
+@python_when_jit_disabled(_load_two_rows_f32x4_python)
+@intrinsic
+def load_two_rows_f32x4(typingctx, array, index):
+    """[d, s] of activation blocks b and b+1 from a C-contiguous float32 array [N, blocks, 2]: 4 floats."""
+    def codegen(context, builder, signature, args):
+        ptr = element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        return builder.load(builder.bitcast(ptr, F32x4.llvm.as_pointer()), align=1)
+    return F32x4(array, index), codegen
+
+
+def _mul_f32x4_python(a, b):
+    return (a * b).astype(np.float32)
+
+
+@python_when_jit_disabled(_mul_f32x4_python)
+@intrinsic
+def mul_f32x4(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.fmul(args[0], args[1])
+    return F32x4(F32x4, F32x4), codegen
+
+
+def _add_f32x4_python(a, b):
+    return (a + b).astype(np.float32)
+
+
+@python_when_jit_disabled(_add_f32x4_python)
+@intrinsic
+def add_f32x4(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+    return F32x4(F32x4, F32x4), codegen
+
+
+def _zeros_f32x4_python():
+    return np.zeros(4, dtype=np.float32)
+
+
+@python_when_jit_disabled(_zeros_f32x4_python)
+@intrinsic
+def zeros_f32x4(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(F32x4.llvm, [0.0] * 4)
+    return F32x4(), codegen
+
+
+def _odd_lanes_sum_python(v):
+    return np.float32(v[1] + v[3])
+
+
+@python_when_jit_disabled(_odd_lanes_sum_python)
+@intrinsic
+def odd_lanes_sum(typingctx, v):
+    """v[1] + v[3] (q4_1: the two blocks' m * s terms)."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        return builder.fadd(builder.extract_element(v, ir.Constant(I32, 1)),
+                            builder.extract_element(v, ir.Constant(I32, 3)))
+    return types.float32(F32x4), codegen
+
+
+def _fma_pair_python(acc, v, scales):
+    return fused_multiply_add(v.astype(np.float32), np.repeat(scales[[0, 2]], 8), acc)
+
+
+@python_when_jit_disabled(_fma_pair_python)
+@intrinsic
+def fma_pair(typingctx, acc, v, scales):
+    """acc + float(v) * [scales[0] x 8, scales[2] x 8] (vcvtdq2ps, vpermps, vfmadd231ps): two blocks'
+    integer sums times their d_w * d_x, which load_scale_pair * load_two_rows_f32x4 put in lanes 0, 2."""
+    def codegen(context, builder, signature, args):
+        acc, v, scales = args
+        spread = builder.shuffle_vector(scales, scales, lanes(*[0] * 8, *[2] * 8))
+        return call(builder, "llvm.fma.v16f32", F32x16.llvm, builder.sitofp(v, F32x16.llvm), spread, acc)
+    return F32x16(F32x16, I32x16, F32x4), codegen
+
+
+def _sum_f32x16_python(v):
+    return _sum_f32x8_python(v[:8] + v[8:])
+
+
+@python_when_jit_disabled(_sum_f32x16_python)
+@intrinsic
+def sum_f32x16(typingctx, v):
+    """v[0] + ... + v[15]: the two halves added, then as sum_f32x8."""
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        s8 = builder.fadd(builder.shuffle_vector(v, v, lanes(*range(8))), builder.shuffle_vector(v, v, lanes(*range(8, 16))))
+        s4 = builder.fadd(builder.shuffle_vector(s8, s8, lanes(0, 1, 2, 3)), builder.shuffle_vector(s8, s8, lanes(4, 5, 6, 7)))
+        s2 = builder.fadd(builder.shuffle_vector(s4, s4, lanes(0, 1)), builder.shuffle_vector(s4, s4, lanes(2, 3)))
+        return builder.fadd(builder.extract_element(s2, ir.Constant(I32, 0)),
+                            builder.extract_element(s2, ir.Constant(I32, 1)))
+    return types.float32(F32x16), codegen
+
+
 # --- the integer dot product of a block, per instruction set --------------------------------------
 #
 # A fast kernel multiplies a block of 32 int8 weight codes by 32 int8 activation codes and wants the
