@@ -20,13 +20,24 @@ import nbclient
 import nbformat
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))            # minilm from this checkout (cpu_key)
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def cpu_key() -> str:
+    """The CPU the outputs were made on, as the kernels see it: LLVM's name for it and the fast
+    kernels' instruction-set level (rounding in the last digits, and the assembly notebook 07
+    prints, depend on both)."""
+    from llvmlite import binding
+    from minilm.ops.numba_simd import SIMD_LEVEL
+    return f"{binding.get_host_cpu_name()}, kernels {SIMD_LEVEL}"
 
 
 def execute(source: Path, timeout: int = 240):
     """The source as a notebook, executed in a temporary working folder; returns the notebook."""
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = KERNELSPEC
+    nb.metadata["minilm"] = {"cpu": cpu_key()}
     nb.metadata.pop("jupytext", None)
     with tempfile.TemporaryDirectory() as work:
         nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",

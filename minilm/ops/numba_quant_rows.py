@@ -14,6 +14,10 @@ format; what differs is here, three functions per format family:
     int4   (codes uint8 [OUT, IN/2], scale uint16 [OUT, G], zero uint16 [OUT, G])   bf16 bits
     bnb    (codes uint8 [OUT, IN/2], absmax float32 [OUT, IN/64], table float32 [16])  fp4, nf4
 
+On AVX-512 VNNI (numba_simd.SIMD_LEVEL "avx512-vnni") the decode dot product of q4_0 and q4_1
+takes two blocks per step in 512-bit registers (fast_dot_ggml_pairs; numba_simd, "two blocks per
+step"); every other level and format takes one block at a time.
+
 bnb's exact dot looks its codes up with vpermps where the CPU has AVX2 (chosen
 when compiling, from HAS_AVX2) and with plain table loads elsewhere.
 
