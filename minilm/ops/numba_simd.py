@@ -449,17 +449,39 @@ def fused_multiply_add(a, b, c):
     return (a.astype(np.float64) * b + c).astype(np.float32)
 
 
-def _zeros_f32x8_python():
-    return np.zeros(8, dtype=np.float32)
+def zeros_vector(vector_type):
+    """An intrinsic returning vector_type with every lane 0 (an accumulator; vxorps)."""
+    lane = NUMPY_LANE[vector_type.element]
+
+    def zeros_python():
+        return np.zeros(vector_type.lanes, dtype=lane)
+
+    @python_when_jit_disabled(zeros_python)
+    @intrinsic
+    def zeros(typingctx):
+        def codegen(context, builder, signature, args):
+            return ir.Constant(vector_type.llvm, [0] * vector_type.lanes)
+        return vector_type(), codegen
+    return zeros
 
 
-@python_when_jit_disabled(_zeros_f32x8_python)
-@intrinsic
-def zeros_f32x8(typingctx):
-    """An accumulator of 8 zeros (vxorps)."""
-    def codegen(context, builder, signature, args):
-        return ir.Constant(F32x8.llvm, [0.0] * 8)
-    return F32x8(), codegen
+def lanewise(vector_type, numpy_op, llvm_op: str):
+    """An intrinsic applying a binary operation lane by lane: builder.<llvm_op> (add, sub, fadd, fmul)."""
+    lane = NUMPY_LANE[vector_type.element]
+
+    def lanewise_python(a, b):
+        return numpy_op(a, b).astype(lane)
+
+    @python_when_jit_disabled(lanewise_python)
+    @intrinsic
+    def apply(typingctx, a, b):
+        def codegen(context, builder, signature, args):
+            return getattr(builder, llvm_op)(args[0], args[1])
+        return vector_type(vector_type, vector_type), codegen
+    return apply
+
+
+zeros_f32x8 = zeros_vector(F32x8)
 
 
 def _fma_i32x8_python(acc, v, scale):
@@ -730,31 +752,6 @@ def eights_i8x64(typingctx):
     return I8x64(), codegen
 
 
-def _sub_i32x16_python(a, b):
-    return (a - b).astype(np.int32)
-
-
-@python_when_jit_disabled(_sub_i32x16_python)
-@intrinsic
-def sub_i32x16(typingctx, a, b):
-    """a - b, lane by lane (vpsubd)."""
-    def codegen(context, builder, signature, args):
-        return builder.sub(args[0], args[1])
-    return I32x16(I32x16, I32x16), codegen
-
-
-def _zeros_f32x16_python():
-    return np.zeros(16, dtype=np.float32)
-
-
-@python_when_jit_disabled(_zeros_f32x16_python)
-@intrinsic
-def zeros_f32x16(typingctx):
-    def codegen(context, builder, signature, args):
-        return ir.Constant(F32x16.llvm, [0.0] * 16)
-    return F32x16(), codegen
-
-
 F32x4 = Vector("f32", 4)
 
 
@@ -796,42 +793,6 @@ def load_two_rows_f32x4(typingctx, array, index):
     return F32x4(array, index), codegen
 
 
-def _mul_f32x4_python(a, b):
-    return (a * b).astype(np.float32)
-
-
-@python_when_jit_disabled(_mul_f32x4_python)
-@intrinsic
-def mul_f32x4(typingctx, a, b):
-    def codegen(context, builder, signature, args):
-        return builder.fmul(args[0], args[1])
-    return F32x4(F32x4, F32x4), codegen
-
-
-def _add_f32x4_python(a, b):
-    return (a + b).astype(np.float32)
-
-
-@python_when_jit_disabled(_add_f32x4_python)
-@intrinsic
-def add_f32x4(typingctx, a, b):
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1])
-    return F32x4(F32x4, F32x4), codegen
-
-
-def _zeros_f32x4_python():
-    return np.zeros(4, dtype=np.float32)
-
-
-@python_when_jit_disabled(_zeros_f32x4_python)
-@intrinsic
-def zeros_f32x4(typingctx):
-    def codegen(context, builder, signature, args):
-        return ir.Constant(F32x4.llvm, [0.0] * 4)
-    return F32x4(), codegen
-
-
 def _odd_lanes_sum_python(v):
     return np.float32(v[1] + v[3])
 
@@ -845,6 +806,12 @@ def odd_lanes_sum(typingctx, v):
         return builder.fadd(builder.extract_element(v, ir.Constant(I32, 1)),
                             builder.extract_element(v, ir.Constant(I32, 3)))
     return types.float32(F32x4), codegen
+
+
+zeros_f32x16, zeros_f32x4 = zeros_vector(F32x16), zeros_vector(F32x4)
+sub_i32x16 = lanewise(I32x16, np.subtract, "sub")          # vpsubd
+add_f32x4 = lanewise(F32x4, np.add, "fadd")                # vaddps
+mul_f32x4 = lanewise(F32x4, np.multiply, "fmul")           # vmulps
 
 
 def _fma_pair_python(acc, v, scales):
